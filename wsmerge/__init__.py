@@ -1,0 +1,1 @@
+"""wsmerge: weight-space model merging with a double-encoder TransformerAE."""

@@ -1,0 +1,228 @@
+"""The zoo's 2464-parameter MNIST CNN: module form, flat-vector form, and one batched
+functional forward shared by zoo training, the losses and the evaluation.
+
+Conv2d(1→8, 5×5) → MaxPool(2) → act → Conv2d(8→6, 5×5) → MaxPool(2) → act
+→ Conv2d(6→4, 2×2) → act → Flatten → Linear(36→20) → act → Linear(20→10).
+
+The head is 10-way for every class subset, so every zoo model has exactly 2464 parameters
+and the flat vectors of all models line up position by position.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITS",
+    "LAYER_SHAPES",
+    "N_PARAMS",
+    "CNN",
+    "activation_fn",
+    "batched_forward",
+    "check_activation",
+    "check_init",
+    "flatten",
+    "init_weights",
+    "layer_slices",
+    "unflatten",
+]
+
+ACTIVATIONS: tuple[str, ...] = ("gelu", "relu", "silu", "leakyrelu", "sigmoid", "tanh")
+INITS: tuple[str, ...] = (
+    "xavier_uniform",
+    "xavier_normal",
+    "uniform",
+    "normal",
+    "kaiming_normal",
+    "kaiming_uniform",
+)
+
+# (name, shape) in state_dict order: this order defines the flat vector.
+LAYER_SHAPES: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("conv1.weight", (8, 1, 5, 5)),
+    ("conv1.bias", (8,)),
+    ("conv2.weight", (6, 8, 5, 5)),
+    ("conv2.bias", (6,)),
+    ("conv3.weight", (4, 6, 2, 2)),
+    ("conv3.bias", (4,)),
+    ("fc1.weight", (20, 36)),
+    ("fc1.bias", (20,)),
+    ("fc2.weight", (10, 20)),
+    ("fc2.bias", (10,)),
+)
+N_PARAMS: int = sum(math.prod(s) for _, s in LAYER_SHAPES)
+assert N_PARAMS == 2464
+
+
+def layer_slices() -> dict[str, slice]:
+    """Where each tensor lives in the flat vector."""
+    out, start = {}, 0
+    for name, shape in LAYER_SHAPES:
+        n = math.prod(shape)
+        out[name] = slice(start, start + n)
+        start += n
+    return out
+
+
+_SLICES = layer_slices()
+
+
+def check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return name
+
+
+def check_init(name: str) -> str:
+    if name not in INITS:
+        raise ValueError(f"unknown init {name!r}; known: {', '.join(INITS)}")
+    return name
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    check_activation(name)
+    return {
+        "gelu": F.gelu,
+        "relu": F.relu,
+        "silu": F.silu,
+        "leakyrelu": F.leaky_relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+    }[name]
+
+
+class CNN(nn.Module):
+    """Module form, used as the reference the functional forward is tested against."""
+
+    def __init__(self, activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        self.act = activation_fn(activation)
+        self.dropout = dropout
+        self.conv1 = nn.Conv2d(1, 8, 5)
+        self.conv2 = nn.Conv2d(8, 6, 5)
+        self.conv3 = nn.Conv2d(6, 4, 2)
+        self.fc1 = nn.Linear(36, 20)
+        self.fc2 = nn.Linear(20, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
+        x = self.act(drop(F.max_pool2d(self.conv1(x), 2)))
+        x = self.act(drop(F.max_pool2d(self.conv2(x), 2)))
+        x = self.act(self.conv3(x)).flatten(1)
+        x = drop(self.act(self.fc1(x)))
+        return self.fc2(x)
+
+
+def flatten(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """state_dict (or any mapping with the CNN's tensor names) → flat [2464] vector."""
+    missing = [n for n, _ in LAYER_SHAPES if n not in state]
+    if missing:
+        raise KeyError(f"state dict lacks {missing}")
+    return torch.cat([state[n].reshape(-1) for n, _ in LAYER_SHAPES])
+
+
+def unflatten(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Flat [..., 2464] → tensors in state_dict order (views, leading dims kept)."""
+    if flat.shape[-1] != N_PARAMS:
+        raise ValueError(f"expected a last dimension of {N_PARAMS}, got shape {tuple(flat.shape)}")
+    lead = flat.shape[:-1]
+    return {n: flat[..., _SLICES[n]].reshape(*lead, *s) for n, s in LAYER_SHAPES}
+
+
+def _fan_in_out(shape: tuple[int, ...]) -> tuple[int, int]:
+    receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def _init_tensor(shape: tuple[int, ...], init: str, gen: torch.Generator) -> torch.Tensor:
+    fan_in, fan_out = _fan_in_out(shape)
+    if init == "xavier_uniform":
+        a = math.sqrt(6.0 / (fan_in + fan_out))
+        return (torch.rand(shape, generator=gen) * 2 - 1) * a
+    if init == "xavier_normal":
+        return torch.randn(shape, generator=gen) * math.sqrt(2.0 / (fan_in + fan_out))
+    # "uniform" and "normal" are scaled by fan-in (LeCun), because unit-scale draws make
+    # a sigmoid/tanh CNN saturate before its first step and the zoo would hold dead models.
+    if init == "uniform":
+        a = 1.0 / math.sqrt(fan_in)
+        return (torch.rand(shape, generator=gen) * 2 - 1) * a
+    if init == "normal":
+        return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+    if init == "kaiming_normal":
+        return torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
+    if init == "kaiming_uniform":
+        a = math.sqrt(6.0 / fan_in)
+        return (torch.rand(shape, generator=gen) * 2 - 1) * a
+    raise AssertionError(init)
+
+
+def init_weights(activation: str, init: str, seed: int) -> torch.Tensor:
+    """The epoch-0 flat vector of (activation, init, seed); biases start at zero.
+
+    Deterministic across machines and processes (its own generator, a stable hash of the
+    key), so every model sharing the key starts from exactly the same point.
+    """
+    check_activation(activation)
+    check_init(init)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{activation}|{init}|{int(seed)}".encode()))
+    parts = []
+    for name, shape in LAYER_SHAPES:
+        if name.endswith(".bias"):
+            parts.append(torch.zeros(shape))
+        else:
+            parts.append(_init_tensor(shape, init, gen))
+    return torch.cat([p.reshape(-1) for p in parts])
+
+
+def _grouped_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # x: [N, M*Cin, H, W]; w: [M, Cout, Cin, k, k]; one conv call for all M models.
+    m, cout = w.shape[:2]
+    return F.conv2d(x, w.reshape(m * cout, *w.shape[2:]), b.reshape(m * cout), groups=m)
+
+
+def batched_forward(
+    weights: torch.Tensor,
+    images: torch.Tensor,
+    activation: str,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """Logits of M CNNs: weights [M, 2464]; images [N, 1, 28, 28] shared by all models, or
+    [M, N, 1, 28, 28] one batch per model. Returns [M, N, 10].
+
+    Grouped convolutions run all M models in one kernel call per layer; the result is
+    differentiable with respect to both weights and images.
+    """
+    if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
+        raise ValueError(f"weights must be [M, {N_PARAMS}], got {tuple(weights.shape)}")
+    m = weights.shape[0]
+    act = activation_fn(activation)
+    p = unflatten(weights)
+    if images.dim() == 4:
+        n = images.shape[0]
+        x = images.reshape(n, 1, 28, 28).expand(n, m, 28, 28)
+    elif images.dim() == 5:
+        if images.shape[0] != m:
+            raise ValueError(f"{m} weight vectors but {images.shape[0]} image batches")
+        n = images.shape[1]
+        x = images.reshape(m, n, 28, 28).transpose(0, 1)
+    else:
+        raise ValueError(f"images must be [N,1,28,28] or [M,N,1,28,28], got {tuple(images.shape)}")
+    x = x.to(weights.dtype)
+
+    def drop(t):
+        return F.dropout(t, dropout, training) if dropout > 0 else t
+
+    x = act(drop(F.max_pool2d(_grouped_conv(x, p["conv1.weight"], p["conv1.bias"]), 2)))
+    x = act(drop(F.max_pool2d(_grouped_conv(x, p["conv2.weight"], p["conv2.bias"]), 2)))
+    x = act(_grouped_conv(x, p["conv3.weight"], p["conv3.bias"]))  # [N, M*4, 3, 3]
+    x = x.reshape(n, m, 36).transpose(0, 1)  # [M, N, 36], channel-major as nn.Flatten
+    x = drop(act(torch.baddbmm(p["fc1.bias"].unsqueeze(1), x, p["fc1.weight"].transpose(1, 2))))
+    return torch.baddbmm(p["fc2.bias"].unsqueeze(1), x, p["fc2.weight"].transpose(1, 2))
