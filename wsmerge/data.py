@@ -54,6 +54,9 @@ class Split:
         parts = [self._by_class[c][:per_class] for c in cs]
         return torch.sort(torch.cat(parts)).values
 
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
     def others(self, classes: Iterable[int], per_class: int | None = None) -> torch.Tensor:
         """Indices of the images of every class not in `classes` (empty for all ten)."""
         cs = set(check_classes(classes))
@@ -69,6 +72,10 @@ class MNIST:
     val: Split
     test: Split
     source: str
+
+    def to(self, device) -> "MNIST":
+        """The same data resident on `device` (zoo actors keep it on the GPU)."""
+        return MNIST(self.train.to(device), self.val.to(device), self.test.to(device), self.source)
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):

@@ -1,0 +1,611 @@
+"""Downstream evaluation: what the generated CNNs are worth as classifiers.
+
+For each merge pair (CNN1 on C1, CNN2 on C2, target CNN3 on C3 = C1 ∪ C2) the generated CNN
+and the classic baselines are scored side by side, on the same images:
+
+- accuracy on C3's images (in distribution) and on the other digits (out of distribution);
+- forgetting: accuracy on C1's and C2's digits against CNN1's and CNN2's own;
+- agreement (same argmax) with the target CNN3 on C3's images;
+- after fine-tuning on C3's training images: accuracy, the step at which it catches up with
+  its parents' mean accuracy, and whether it holds its best accuracy (stability);
+- the correlation between each pair's Transformer loss and its generated CNN's accuracy,
+  which says whether the loss can be trusted as a proxy for downstream quality.
+
+Baselines: `copy1`, `copy2`, `average` ((w1 + w2) / 2), `task_arithmetic`
+(init + (w1 − init) + (w2 − init), only when the pairs' shared epoch-0 weights are given),
+and `target` (CNN3 itself, the ceiling). Every method of every pair of one activation runs
+through one batched functional forward (`wsmerge.cnn.batched_forward`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from wsmerge.cnn import N_PARAMS, batched_forward, check_activation
+from wsmerge.data import N_CLASSES, Split, check_classes
+
+__all__ = [
+    "METHODS",
+    "EvalConfig",
+    "EvalResult",
+    "catchup_steps",
+    "evaluate_merges",
+    "loss_accuracy_correlation",
+    "stability",
+]
+
+METHODS: tuple[str, ...] = ("generated", "copy1", "copy2", "average", "task_arithmetic", "target")
+
+# Columns of `EvalResult.per_pair` that `summary()` averages over pairs.
+_PRED_METRICS = ("acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement")
+_FT_METRICS = ("ft_acc_in", "ft_acc_out", "ft_drop")
+
+
+def _int_field(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"EvalConfig.{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"EvalConfig.{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _float_field(
+    name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"EvalConfig.{name} must be a finite number, got {value!r}")
+    if value < low or (open_low and value == low) or value >= high:
+        bounds = f"{'(' if open_low else '['}{low}, {high})"
+        raise ValueError(f"EvalConfig.{name} must lie in {bounds}, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the merges are evaluated; every field is checked on construction."""
+
+    images_per_class: int | None = 200  # evaluation images per digit; None = the whole split
+    finetune_steps: int = 200  # 0 disables fine-tuning
+    finetune_lr: float = 1e-3  # Adam
+    finetune_batch: int = 64  # training images per model per step
+    finetune_eval_every: int = 20  # resolution of the accuracy curve (catch-up, stability)
+    stability_tolerance: float = (
+        1.0  # accuracy points a curve may fall below its best and stay stable
+    )
+    bootstrap: int = 1000  # resamples for the correlation CIs; 0 = no CI
+    ci: float = 0.95
+    seed: int = 0
+    # Model×image evaluations per forward call. It bounds memory: the first convolution's
+    # output alone takes 18 KB per model×image in float32.
+    forward_chunk: int = 32768
+
+    def __post_init__(self):
+        ipc = self.images_per_class
+        checked = {
+            "images_per_class": None if ipc is None else _int_field("images_per_class", ipc, 1),
+            "finetune_steps": _int_field("finetune_steps", self.finetune_steps, 0),
+            "finetune_lr": _float_field("finetune_lr", self.finetune_lr, 0.0, open_low=True),
+            "finetune_batch": _int_field("finetune_batch", self.finetune_batch, 1),
+            "finetune_eval_every": _int_field("finetune_eval_every", self.finetune_eval_every, 1),
+            "stability_tolerance": _float_field(
+                "stability_tolerance", self.stability_tolerance, 0.0, open_low=False
+            ),
+            "bootstrap": _int_field("bootstrap", self.bootstrap, 0),
+            "ci": _float_field("ci", self.ci, 0.0, 1.0, open_low=True),
+            "seed": _int_field("seed", self.seed, 0),
+            "forward_chunk": _int_field("forward_chunk", self.forward_chunk, 1),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalConfig:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"EvalConfig.from_dict expects a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown EvalConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    """per_pair: one row per pair × method. curves: method → acc_in [P, len(curve_steps)]
+    along fine-tuning (the fine-tuned methods only; empty without fine-tuning).
+    correlation: `loss_accuracy_correlation` of the pairs' loss (empty without one)."""
+
+    per_pair: pd.DataFrame
+    curve_steps: np.ndarray
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    correlation: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """Flat means over pairs, keyed `method/metric`, plus `corr/...` (for a Tune report)."""
+        out: dict[str, float] = {"n_pairs": float(self.per_pair["pair"].nunique())}
+        for method, rows in self.per_pair.groupby("method", sort=False):
+            fine_tuned = method in self.curves
+            for col in _PRED_METRICS + (_FT_METRICS if fine_tuned else ()):
+                out[f"{method}/{col}"] = float(rows[col].mean())
+            # The mean step counts only the pairs that caught up; the rate says how many did.
+            out[f"{method}/catchup_steps"] = float(rows["catchup_steps"].mean())
+            out[f"{method}/catchup_rate"] = float(rows["catchup_steps"].notna().mean())
+            if fine_tuned:
+                out[f"{method}/ft_stable_rate"] = float(rows["ft_stable"].astype(float).mean())
+        out.update({f"corr/{k}": v for k, v in self.correlation.items()})
+        return out
+
+
+# ---------------------------------------------------------------------------- curve metrics
+
+
+def catchup_steps(curves: np.ndarray, steps: Sequence[int], bar: np.ndarray) -> np.ndarray:
+    """First step of each curve ([P, n] accuracies at `steps`) with accuracy >= its bar [P];
+    NaN where the curve never gets there."""
+    curves = np.asarray(curves, dtype=float)
+    steps = np.asarray(steps, dtype=float)
+    reached = curves >= np.asarray(bar, dtype=float)[:, None]
+    first = np.argmax(reached, axis=1)
+    return np.where(reached.any(axis=1), steps[first], np.nan)
+
+
+def stability(curves: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """(drop, stable) per curve [P, n]: how far the final accuracy sits below the curve's best,
+    and whether that is within `tolerance` points."""
+    curves = np.asarray(curves, dtype=float)
+    drop = curves.max(axis=1) - curves[:, -1]
+    return drop, drop <= tolerance
+
+
+# ---------------------------------------------------------------------------- correlation
+
+
+def _constant(v: np.ndarray) -> bool:
+    return bool(np.all(v == v[0]))
+
+
+def _statistic(fn: Callable, x: np.ndarray, y: np.ndarray) -> float:
+    # A constant side has no correlation; answer NaN instead of letting scipy warn.
+    if _constant(x) or _constant(y):
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(fn(x, y)[0])
+
+
+_CORRELATIONS: dict[str, Callable] = {
+    "spearman": stats.spearmanr,
+    "pearson": stats.pearsonr,
+    "kendall": stats.kendalltau,
+}
+
+
+def loss_accuracy_correlation(
+    loss: Sequence[float] | np.ndarray | torch.Tensor,
+    acc: Sequence[float] | np.ndarray | torch.Tensor,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Spearman, Pearson and Kendall correlation of per-pair loss against accuracy, each with
+    a percentile-bootstrap CI over pairs resampled with replacement.
+
+    Keys `spearman`, `spearman_lo`, `spearman_hi`, and the same for `pearson` and `kendall`.
+    Pairs where either value is not finite are left out; fewer than 3 pairs give NaN, and so
+    do resamples where either side is constant (they are left out of the CI).
+    """
+    x, y = (_to_numpy(v) for v in (loss, acc))
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"loss and acc must be 1-D of one length, got {x.shape} and {y.shape}")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must lie in (0, 1), got {ci}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 0:
+        raise ValueError(f"n_boot must be an integer >= 0, got {n_boot!r}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    enough = len(x) >= 3
+    n_resamples = n_boot if enough else 0
+    resamples = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
+    out = {}
+    for name, fn in _CORRELATIONS.items():
+        out[name] = _statistic(fn, x, y) if enough else math.nan
+        boot = np.array([_statistic(fn, x[i], y[i]) for i in resamples])
+        boot = boot[np.isfinite(boot)]
+        lo, hi = (
+            np.percentile(boot, [50 * (1 - ci), 50 * (1 + ci)]) if len(boot) else (math.nan,) * 2
+        )
+        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)
+    return out
+
+
+def _to_numpy(v) -> np.ndarray:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+    return np.asarray(v, dtype=float)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _check_weights(name: str, w: Any, n_pairs: int, device: torch.device) -> None:
+    if not isinstance(w, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if tuple(w.shape) != (n_pairs, N_PARAMS):
+        raise ValueError(
+            f"{name} must be [{n_pairs}, {N_PARAMS}] (one CNN per pair), got {tuple(w.shape)}"
+        )
+    if not w.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {w.dtype}")
+    if w.device != device:
+        raise ValueError(f"{name} is on {w.device} but generated is on {device}")
+
+
+def _class_sets(name: str, sets: Sequence, n_pairs: int) -> list[tuple[int, ...]]:
+    if len(sets) != n_pairs:
+        raise ValueError(f"{name} has {len(sets)} entries for {n_pairs} pairs")
+    out = []
+    for i, s in enumerate(sets):
+        try:
+            out.append(check_classes(s))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}[{i}]: {e}") from None
+    return out
+
+
+def _require_classes(name: str, split: Split, classes: set[int]) -> None:
+    counts = torch.bincount(split.labels, minlength=N_CLASSES)
+    missing = sorted(c for c in classes if counts[c] == 0)
+    if missing:
+        raise ValueError(f"{name} has no images of classes {missing}")
+
+
+def _validate(generated, w1, w2, w3, init, pair_loss, c1, c2, activations, split, train, cfg):
+    if not isinstance(generated, torch.Tensor) or generated.dim() != 2:
+        raise ValueError(f"generated must be a [P, {N_PARAMS}] tensor")
+    n_pairs = generated.shape[0]
+    if n_pairs == 0:
+        raise ValueError("no pairs to evaluate")
+    named = {"generated": generated, "w1": w1, "w2": w2, "w3": w3}
+    if init is not None:
+        named["init"] = init
+    for name, w in named.items():
+        _check_weights(name, w, n_pairs, generated.device)
+    sets1, sets2 = _class_sets("c1", c1, n_pairs), _class_sets("c2", c2, n_pairs)
+    if len(activations) != n_pairs:
+        raise ValueError(f"activations has {len(activations)} entries for {n_pairs} pairs")
+    acts = [check_activation(a) for a in activations]
+    loss = None
+    if pair_loss is not None:
+        loss = _to_numpy(pair_loss)
+        if loss.shape != (n_pairs,):
+            raise ValueError(f"pair_loss must be [{n_pairs}], got {loss.shape}")
+    if not isinstance(cfg, EvalConfig):
+        raise ValueError(f"cfg must be an EvalConfig, got {type(cfg).__name__}")
+    for name, s in (("split", split), ("train", train)):
+        if not isinstance(s, Split):
+            raise ValueError(f"{name} must be a wsmerge.data.Split, got {type(s).__name__}")
+    used = set().union(*sets1, *sets2)
+    _require_classes("split", split, used)
+    if cfg.finetune_steps:
+        _require_classes("train", train, used)
+    return sets1, sets2, acts, loss
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def _membership(sets: Sequence[tuple[int, ...]], device: torch.device) -> torch.Tensor:
+    member = torch.zeros(len(sets), N_CLASSES, dtype=torch.bool)
+    for i, s in enumerate(sets):
+        member[i, list(s)] = True
+    return member.to(device)
+
+
+def _predict(
+    weights: torch.Tensor, images: torch.Tensor, activation: str, chunk: int
+) -> torch.Tensor:
+    """argmax class [M, N] of M models on images [N, 1, 28, 28] they share or [M, N, 1, 28, 28]
+    of their own; -1 (never a label) where a model's logits are not finite."""
+    own = images.dim() == 5
+    m_all, n_all = weights.shape[0], images.shape[1 if own else 0]
+    out = torch.empty(m_all, n_all, dtype=torch.long, device=weights.device)
+    m_step = min(m_all, chunk)
+    n_step = max(1, chunk // m_step)
+    for m0 in range(0, m_all, m_step):
+        ms = slice(m0, m0 + m_step)
+        for n0 in range(0, n_all, n_step):
+            ns = slice(n0, n0 + n_step)
+            logits = batched_forward(weights[ms], images[ms, ns] if own else images[ns], activation)
+            pred = logits.argmax(-1)
+            pred[~torch.isfinite(logits).all(-1)] = -1
+            out[ms, ns] = pred
+    return out
+
+
+def _percent(hit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """100 × share of `hit` [..., P, N] over the images in `mask` [P, N]; NaN if mask is empty."""
+    return 100.0 * (hit & mask).sum(-1).double() / mask.sum(-1).double()
+
+
+def _accuracies(
+    preds: torch.Tensor, labels: torch.Tensor, in1: torch.Tensor, in2: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Percent accuracies [..., P] of preds [..., P, N] on images with `labels` [N];
+    in1/in2 [P, 10] mark each pair's C1 and C2."""
+    correct = preds == labels
+    in3 = (in1 | in2)[:, labels]
+    return {
+        "acc_in": _percent(correct, in3),
+        "acc_out": _percent(correct, ~in3),
+        "acc_c1": _percent(correct, in1[:, labels]),
+        "acc_c2": _percent(correct, in2[:, labels]),
+    }
+
+
+def _predict_stack(
+    stack: torch.Tensor, images: torch.Tensor, activation: str, chunk: int
+) -> torch.Tensor:
+    """[n_methods, P, D] weights → [n_methods, P, N] predictions."""
+    n_methods, n_pairs, d = stack.shape
+    return _predict(stack.reshape(-1, d), images, activation, chunk).view(n_methods, n_pairs, -1)
+
+
+def _numpy(d: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.cpu().numpy() for k, v in d.items()}
+
+
+def _stack_methods(methods: Sequence[str], generated, w1, w2, w3, init) -> torch.Tensor:
+    """[n_methods, P, N_PARAMS] float32, in `methods` order."""
+    build = {
+        "generated": lambda: generated,
+        "copy1": lambda: w1,
+        "copy2": lambda: w2,
+        "average": lambda: (w1 + w2) / 2,
+        "task_arithmetic": lambda: init + (w1 - init) + (w2 - init),
+        "target": lambda: w3,
+    }
+    return torch.stack([build[m]().detach().float() for m in methods])
+
+
+def _sample_batches(
+    train: Split, in3: torch.Tensor, steps: int, batch: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Training-image indices [P, steps, batch], uniform over each pair's C3 images.
+
+    Drawn once for the whole run, so a pair's batches depend neither on how pairs are chunked
+    nor on the method: every method of a pair sees the same images, step by step, and their
+    curves differ only by where they started. Drawn step-major, so a shorter run replays the
+    first steps of a longer one.
+    """
+    by_class = [train.indices([c]).cpu() for c in range(N_CLASSES)]
+    table = torch.nn.utils.rnn.pad_sequence(by_class, batch_first=True)  # [10, largest class]
+    counts = torch.tensor([len(b) for b in by_class]) * in3.cpu()  # [P, 10]; 0 outside C3
+    ends = counts.cumsum(1)
+    total = ends[:, -1:]
+    u = torch.rand(steps, len(in3), batch, generator=gen, dtype=torch.float64)
+    u = u.transpose(0, 1).flatten(1)
+    pos = torch.minimum((u * total).long(), total - 1)  # position in the pair's C3 pool
+    cls = torch.searchsorted(ends, pos, right=True)  # skips classes with no images in C3
+    offset = pos - (ends.gather(1, cls) - counts.gather(1, cls))
+    return table[cls, offset].view(len(in3), steps, batch)
+
+
+@torch.enable_grad()
+def _adam_step(theta, opt, images, labels, activation) -> None:
+    logits = batched_forward(theta, images, activation)
+    # Summing the per-model mean losses gives each model the gradient it would get alone.
+    loss = (
+        F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / images.shape[1]
+    )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _finetune_path(
+    start: torch.Tensor,
+    batches: torch.Tensor,
+    train: tuple[torch.Tensor, torch.Tensor],
+    activation: str,
+    lr: float,
+    grid: np.ndarray,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Fine-tune start [n_methods, P, D] on batches [P, steps, B] of train (images, labels);
+    yield (grid index, weights [n_methods, P, D]) at every grid step after 0.
+
+    One Adam over the stacked [n_methods·P, D] leaf: Adam is elementwise, so this is exactly
+    n_methods·P independent Adams.
+    """
+    n_methods, n_pairs, d = start.shape
+    theta = start.reshape(-1, d).detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    at = {int(s): j for j, s in enumerate(grid) if s > 0}
+    for step in range(1, int(grid[-1]) + 1):
+        idx = batches[:, step - 1]  # [P, B]
+        images = train[0][idx].expand(n_methods, -1, -1, -1, -1, -1).flatten(0, 1)
+        labels = train[1][idx].expand(n_methods, -1, -1).flatten(0, 1)
+        _adam_step(theta, opt, images, labels, activation)
+        if step in at:
+            yield at[step], theta.detach().view(n_methods, n_pairs, d)
+
+
+def _step_grid(cfg: EvalConfig) -> np.ndarray:
+    """Steps at which fine-tuning curves are scored: 0, every `finetune_eval_every`, the last."""
+    every = np.arange(0, cfg.finetune_steps, cfg.finetune_eval_every)
+    return np.unique(np.r_[every, cfg.finetune_steps])
+
+
+def _own_images(labels: torch.Tensor, in3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair, positions [P, L] of its C3 images among `labels` (L: the largest C3), padded
+    with other images, and which positions are real C3 images."""
+    mask = in3[:, labels]
+    order = torch.argsort((~mask).int(), dim=1, stable=True)[:, : int(mask.sum(1).max())]
+    return order, mask.gather(1, order)
+
+
+def _finetune_group(tuned, activation, in1, in2, images, labels, acc0, train, cfg, gen):
+    """Fine-tune tuned [n_methods, P, D] of one activation; acc0 [n_methods, P] is acc_in at step 0.
+    Returns the acc_in curves [n_methods, P, len(grid)] and the ft_* metrics [n_methods, P]."""
+    n_methods, n_pairs, _ = tuned.shape
+    chunk, device = cfg.forward_chunk, tuned.device
+    grid = _step_grid(cfg)
+    curves = np.full((n_methods, n_pairs, len(grid)), np.nan)
+    curves[..., 0] = acc0
+    in3 = in1 | in2
+    batches = _sample_batches(train, in3, cfg.finetune_steps, cfg.finetune_batch, gen).to(device)
+    train_set = (train.images.to(device), train.labels.to(device))
+    # Along the curve each pair scores its own C3 images only, not every digit.
+    order, real = _own_images(labels, in3)
+    final = torch.empty_like(tuned)
+    pairs_per_chunk = max(1, chunk // (n_methods * cfg.finetune_batch))
+    for p0 in range(0, n_pairs, pairs_per_chunk):
+        sel = slice(p0, p0 + pairs_per_chunk)
+        own_images, own_labels = images[order[sel]], labels[order[sel]]
+        path = _finetune_path(
+            tuned[:, sel], batches[sel], train_set, activation, cfg.finetune_lr, grid
+        )
+        for j, theta in path:
+            if j == len(grid) - 1:
+                final[:, sel] = theta
+                continue
+            preds = torch.stack([_predict(t, own_images, activation, chunk) for t in theta])
+            hit = preds == own_labels
+            curves[:, sel, j] = _percent(hit, real[sel]).cpu().numpy()
+    acc = _numpy(_accuracies(_predict_stack(final, images, activation, chunk), labels, in1, in2))
+    curves[..., -1] = acc["acc_in"]
+    drop, stable = stability(curves.reshape(-1, len(grid)), cfg.stability_tolerance)
+    ft = {
+        "ft_acc_in": acc["acc_in"],
+        "ft_acc_out": acc["acc_out"],
+        "ft_drop": drop.reshape(n_methods, n_pairs),
+        "ft_stable": stable.reshape(n_methods, n_pairs),
+    }
+    return curves, ft
+
+
+def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train, cfg, gen):
+    """All methods × pairs of one activation; stack [n_methods, P, D] in `methods` order, the
+    target last. Returns metric → [n_methods, P] (ft_* for the fine-tuned methods only, which
+    lead) and the fine-tuning curves [n_methods − 1, P, n_evals] (None without fine-tuning)."""
+    preds = _predict_stack(stack, images, activation, cfg.forward_chunk)
+    out = _numpy(_accuracies(preds, labels, in1, in2))
+    out["agreement"] = (_percent(preds == preds[-1], (in1 | in2)[:, labels]) / 100).cpu().numpy()
+    own1 = out["acc_c1"][methods.index("copy1")]
+    own2 = out["acc_c2"][methods.index("copy2")]
+    out["forget_c1"], out["forget_c2"] = own1 - out["acc_c1"], own2 - out["acc_c2"]
+    bar = (own1 + own2) / 2
+    out["parents_acc"] = np.tile(bar, (len(methods), 1))
+    # Without fine-tuning (the target, or finetune_steps = 0) only step 0 can catch up.
+    out["catchup_steps"] = np.stack([catchup_steps(a[:, None], [0], bar) for a in out["acc_in"]])
+    if not cfg.finetune_steps:
+        return out, None
+    acc0 = out["acc_in"][:-1]
+    curves, ft = _finetune_group(
+        stack[:-1], activation, in1, in2, images, labels, acc0, train, cfg, gen
+    )
+    out.update(ft)
+    out["catchup_steps"][:-1] = np.stack([catchup_steps(c, _step_grid(cfg), bar) for c in curves])
+    return out, curves
+
+
+def _class_string(classes: tuple[int, ...]) -> str:
+    return "-".join(map(str, classes))
+
+
+def _frame(methods, metrics, sets1, sets2, acts, loss) -> pd.DataFrame:
+    """One row per pair × method, pair-major."""
+    n_methods, n_pairs = len(methods), len(acts)
+    pair = np.repeat(np.arange(n_pairs), n_methods)
+    cols: dict[str, Any] = {
+        "pair": pair,
+        "method": np.tile(methods, n_pairs),
+        "activation": np.asarray(acts, dtype=object)[pair],
+        "c1": [_class_string(sets1[i]) for i in pair],
+        "c2": [_class_string(sets2[i]) for i in pair],
+        "c3": [_class_string(tuple(sorted(set(sets1[i]) | set(sets2[i])))) for i in pair],
+    }
+    if loss is not None:
+        cols["pair_loss"] = loss[pair]
+    for name in ("parents_acc", *_PRED_METRICS, "catchup_steps", *_FT_METRICS, "ft_stable"):
+        if name in metrics:
+            cols[name] = metrics[name].T.reshape(-1)
+    frame = pd.DataFrame(cols)
+    if "ft_stable" in frame:
+        # NA for the target, which is not fine-tuned.
+        frame["ft_stable"] = frame["ft_stable"].map({1.0: True, 0.0: False}).astype("boolean")
+    return frame
+
+
+@torch.no_grad()  # the fine-tuning step alone turns gradients back on
+def evaluate_merges(
+    generated: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    w3: torch.Tensor,
+    c1: Sequence[Sequence[int]],
+    c2: Sequence[Sequence[int]],
+    activations: Sequence[str],
+    split: Split,
+    train: Split,
+    cfg: EvalConfig,
+    pair_loss: torch.Tensor | np.ndarray | None = None,
+    init: torch.Tensor | None = None,
+) -> EvalResult:
+    """Score the generated CNNs [P, 2464] against the baselines on the same pairs and images.
+
+    w1, w2, w3: CNN1, CNN2 and the target CNN3 of each pair; c1, c2: their class sets
+    (C3 = C1 ∪ C2); activations: each pair's activation. split: the images scored (val or
+    test, `cfg.images_per_class` of each digit); train: the fine-tuning images. pair_loss [P]:
+    the Transformer's loss per pair, correlated with the generated CNNs' acc_in. init [P, 2464]:
+    the pairs' shared epoch-0 weights, which enable the task-arithmetic baseline.
+    Inputs are left untouched; results are deterministic given `cfg.seed`.
+    """
+    sets1, sets2, acts, loss = _validate(
+        generated, w1, w2, w3, init, pair_loss, c1, c2, activations, split, train, cfg
+    )
+    device, n_pairs = generated.device, len(acts)
+    methods = [m for m in METHODS if m != "task_arithmetic" or init is not None]
+    in1, in2 = _membership(sets1, device), _membership(sets2, device)
+    # Every digit is scored: C3's are in distribution, the others out of it.
+    idx = split.indices(range(N_CLASSES), cfg.images_per_class)
+    images, labels = split.images[idx].to(device), split.labels[idx].to(device)
+    grid = _step_grid(cfg) if cfg.finetune_steps else np.zeros(0, dtype=int)
+    tuned = methods[:-1] if cfg.finetune_steps else []
+    curves = {m: np.full((n_pairs, len(grid)), np.nan) for m in tuned}
+    metrics: dict[str, np.ndarray] = {}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for act in sorted(set(acts)):
+        sel = [i for i, a in enumerate(acts) if a == act]
+        rows = torch.tensor(sel, device=device)
+        weights = [w.index_select(0, rows) for w in (generated, w1, w2, w3)]
+        stack = _stack_methods(
+            methods, *weights, None if init is None else init.index_select(0, rows)
+        )
+        group, group_curves = _evaluate_group(
+            methods, stack, act, in1[rows], in2[rows], images, labels, train, cfg, gen
+        )
+        for name, values in group.items():
+            into = metrics.setdefault(name, np.full((len(methods), n_pairs), np.nan))
+            into[: len(values), sel] = values
+        if group_curves is not None:
+            for m, c in zip(tuned, group_curves, strict=True):
+                curves[m][sel] = c
+    correlation = {}
+    if loss is not None:
+        acc = metrics["acc_in"][methods.index("generated")]
+        correlation = loss_accuracy_correlation(loss, acc, cfg.bootstrap, cfg.ci, cfg.seed)
+    return EvalResult(_frame(methods, metrics, sets1, sets2, acts, loss), grid, curves, correlation)

@@ -1,0 +1,188 @@
+"""What a zoo is made of: the training recipe, the grid of jobs, and the named profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsmerge.config import from_dict
+from wsmerge.cnn import ACTIVATIONS, check_activation, check_init
+from wsmerge.data import check_classes
+
+__all__ = ["Job", "TrainConfig", "ZooConfig", "PROFILES", "profile", "class_key", "parse_class_key"]
+
+
+def class_key(classes: tuple[int, ...]) -> str:
+    """'0-1-3': the one spelling of a class set used in ids, tables and file names."""
+    return "-".join(str(c) for c in classes)
+
+
+def parse_class_key(key: str) -> tuple[int, ...]:
+    try:
+        return check_classes(int(c) for c in key.split("-"))
+    except ValueError as e:
+        raise ValueError(f"bad class key {key!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The seed report's recipe (section 3.2): Adam + cyclic LR, cross-entropy, no
+    augmentation, up to 40 epochs, early stopping on stagnating validation accuracy."""
+
+    max_epochs: int = 40
+    bins: tuple[int, ...] = (11, 16, 21, 26, 31, 36)
+    batch_size: int = 64
+    base_lr: float = 1e-4
+    max_lr: float = 3e-3
+    # Half a triangle of the cyclic schedule, in epochs.
+    cycle_half_epochs: float = 2.0
+    patience: int = 3
+    margin: float = 0.05  # percentage points of validation accuracy
+    dropout: float = 0.0
+    train_per_class: int | None = None  # image budget; None = every image of the class
+    eval_per_class: int | None = None  # validation/test budget per class
+
+    def __post_init__(self):
+        object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
+        if self.max_epochs < 1:
+            raise ValueError(f"train.max_epochs must be >= 1, got {self.max_epochs}")
+        if not self.bins or list(self.bins) != sorted(set(self.bins)) or self.bins[0] < 1:
+            raise ValueError(f"train.bins must be increasing positive epochs, got {self.bins}")
+        if self.bins[-1] > self.max_epochs:
+            raise ValueError(f"train.bins {self.bins} go past max_epochs {self.max_epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not (0 < self.base_lr <= self.max_lr and math.isfinite(self.max_lr)):
+            raise ValueError(f"train needs 0 < base_lr <= max_lr, got {self.base_lr}, {self.max_lr}")
+        if self.cycle_half_epochs <= 0:
+            raise ValueError(f"train.cycle_half_epochs must be > 0, got {self.cycle_half_epochs}")
+        if self.patience < 1 or self.margin < 0:
+            raise ValueError(f"train needs patience >= 1 and margin >= 0, got {self.patience}, {self.margin}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"train.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("train_per_class", "eval_per_class"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"train.{name} must be >= 1 or null, got {v}")
+
+    @property
+    def last_epoch(self) -> int:
+        # Epochs after the last bin change nothing that is stored.
+        return self.bins[-1]
+
+
+@dataclass(frozen=True, order=True)
+class Job:
+    """One training run: a class subset × activation × init × seed."""
+
+    classes: tuple[int, ...]
+    activation: str
+    init: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.activation}_{self.init}_s{self.seed}_c{class_key(self.classes).replace('-', '')}"
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    name: str = "tiny"
+    digits: tuple[int, ...] = (0, 1, 2)
+    min_classes: int = 2
+    activations: tuple[str, ...] = ("relu", "tanh")
+    inits: tuple[str, ...] = ("kaiming_uniform",)
+    seeds: tuple[int, ...] = (0,)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        object.__setattr__(self, "digits", check_classes(self.digits))
+        acts = tuple(self.activations)
+        inits = tuple(self.inits)
+        if not acts:
+            raise ValueError("zoo.activations is empty")
+        if not inits:
+            raise ValueError("zoo.inits is empty")
+        for a in acts:
+            check_activation(a)
+        for i in inits:
+            check_init(i)
+        object.__setattr__(self, "activations", acts)
+        object.__setattr__(self, "inits", inits)
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.seeds:
+            raise ValueError("zoo.seeds is empty")
+        if not 1 <= self.min_classes <= len(self.digits):
+            raise ValueError(
+                f"zoo.min_classes must be between 1 and the {len(self.digits)} digits, got {self.min_classes}"
+            )
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", from_dict(TrainConfig, self.train, "zoo.train"))
+
+    def class_sets(self) -> list[tuple[int, ...]]:
+        return [
+            c
+            for k in range(self.min_classes, len(self.digits) + 1)
+            for c in itertools.combinations(self.digits, k)
+        ]
+
+    def jobs(self) -> list[Job]:
+        return [
+            Job(c, a, i, s)
+            for a in self.activations
+            for i in self.inits
+            for s in self.seeds
+            for c in self.class_sets()
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return _lists(d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "zoo config") -> "ZooConfig":
+        return from_dict(cls, d, where)
+
+    def replace(self, **changes) -> "ZooConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _lists(x):
+    # Tuples become lists so the manifest's JSON compares equal to a fresh config's.
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    return x
+
+
+PROFILES: dict[str, ZooConfig] = {
+    # CI and laptops: the 11 class sets of {0,1,2,3} × 2 activations, 3 epochs on 400 images
+    # a class. Four digits, not three, so that disjoint parents (overlap 0) exist for merging.
+    "tiny": ZooConfig(
+        name="tiny",
+        digits=(0, 1, 2, 3),
+        activations=("relu", "tanh"),
+        train=TrainConfig(max_epochs=3, bins=(1, 2, 3), train_per_class=400, eval_per_class=200,
+                          cycle_half_epochs=1.0),
+    ),
+    # The seed report's zoo: every subset of >= 2 digits × 6 activations × kaiming_uniform.
+    "full": ZooConfig(
+        name="full",
+        digits=tuple(range(10)),
+        activations=ACTIVATIONS,
+        inits=("kaiming_uniform",),
+        train=TrainConfig(),
+    ),
+}
+
+
+def profile(name: str) -> ZooConfig:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
