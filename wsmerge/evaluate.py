@@ -23,7 +23,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from wsmerge.cnn import N_PARAMS, batched_forward, check_activation
+from wsmerge.config import from_dict
 from wsmerge.data import N_CLASSES, Split, check_classes
 
 __all__ = [
@@ -110,14 +111,8 @@ class EvalConfig:
             object.__setattr__(self, name, value)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EvalConfig:
-        if not isinstance(d, Mapping):
-            raise ValueError(f"EvalConfig.from_dict expects a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown EvalConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], where: str = "evaluation") -> EvalConfig:
+        return from_dict(cls, d, where)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -102,7 +102,10 @@ def build_zoo(config: ZooConfig, out: str | os.PathLike, opts: BuildOptions = Bu
     groups = plan_groups(pending, opts.models_per_step)
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # join the cluster (ray up cluster/gpu.yaml) as it is configured
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
     try:
         _run(store, groups, opts, report)
     finally:
@@ -120,7 +123,9 @@ def _run(store: ZooStore, groups: list[list[Job]], opts: BuildOptions, report: B
         )
         for _ in range(n)
     ]
-    queue = list(reversed(groups))
+    # Longest groups first (a group's cost grows with its models' classes): a 10-class
+    # model started last would leave the other actors idle while it trains.
+    queue = sorted(groups, key=lambda g: sum(len(j.classes) for j in g))
     in_flight: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
 
     def submit(actor):

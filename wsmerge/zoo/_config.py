@@ -97,6 +97,8 @@ class ZooConfig:
     inits: tuple[str, ...] = ("kaiming_uniform",)
     seeds: tuple[int, ...] = (0,)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Explicit class sets instead of every subset of `digits` with >= min_classes members.
+    subsets: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "digits", check_classes(self.digits))
@@ -119,10 +121,23 @@ class ZooConfig:
             raise ValueError(
                 f"zoo.min_classes must be between 1 and the {len(self.digits)} digits, got {self.min_classes}"
             )
+        if self.subsets is not None:
+            subsets = tuple(sorted({check_classes(c) for c in self.subsets}))
+            if not subsets:
+                raise ValueError("zoo.subsets is empty; leave it out to take every subset of digits")
+            for c in subsets:
+                if not set(c) <= set(self.digits) or len(c) < self.min_classes:
+                    raise ValueError(
+                        f"zoo.subsets: {list(c)} is not a subset of digits {list(self.digits)} "
+                        f"with >= {self.min_classes} classes"
+                    )
+            object.__setattr__(self, "subsets", subsets)
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", from_dict(TrainConfig, self.train, "zoo.train"))
 
     def class_sets(self) -> list[tuple[int, ...]]:
+        if self.subsets is not None:
+            return sorted(self.subsets, key=lambda c: (len(c), c))
         return [
             c
             for k in range(self.min_classes, len(self.digits) + 1)

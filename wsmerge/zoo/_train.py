@@ -38,7 +38,8 @@ class EarlyStopping:
         self.prev: float | None = None
 
     def update(self, val_acc: float) -> bool:
-        if self.prev is not None and abs(val_acc - self.prev) <= self.margin:
+        # The slack absorbs float noise in percentages, so "exactly the margin" stagnates.
+        if self.prev is not None and abs(val_acc - self.prev) <= self.margin + 1e-9:
             self.count += 1
         else:
             self.count = 0

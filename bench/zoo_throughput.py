@@ -1,0 +1,120 @@
+"""Zoo training throughput: the builder (Ray actors + store) against a plain PyTorch loop.
+
+Both train the same models on the same images for the same epochs with the seed recipe
+(Adam, triangular cyclic LR, per-epoch validation, test at the end), on the same cores, in
+one run. Throughput is model-images per second: training images seen, summed over models,
+divided by wall time. Also prints the accuracy the models reach after 7 epochs and the
+accuracy spread of the tiny zoo.
+
+    .venv/bin/python bench/zoo_throughput.py            # about 3 minutes on 2 cores
+    .venv/bin/python bench/zoo_throughput.py --quick    # fewer models, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import ray
+import torch
+import torch.nn.functional as F
+
+from wsmerge.cnn import CNN, init_weights, unflatten
+from wsmerge.data import load_mnist
+from wsmerge.zoo import BuildOptions, Job, TrainConfig, ZooConfig, build_zoo, load, profile
+
+
+def plain_loop(jobs: list[Job], cfg: TrainConfig, threads: int) -> tuple[float, dict[str, float]]:
+    """What a researcher would write: one nn.Module at a time, torch's own CyclicLR."""
+    torch.set_num_threads(threads)
+    data = load_mnist()
+    acc = {}
+    start = time.perf_counter()
+    for job in jobs:
+        model = CNN(job.activation)
+        model.load_state_dict(unflatten(init_weights(job.activation, job.init, job.seed)))
+        idx = data.train.indices(job.classes, cfg.train_per_class)
+        steps = math.ceil(len(idx) / cfg.batch_size)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
+        sched = torch.optim.lr_scheduler.CyclicLR(
+            opt, cfg.base_lr, cfg.max_lr, step_size_up=round(cfg.cycle_half_epochs * steps), cycle_momentum=False
+        )
+        val = data.val.indices(job.classes, cfg.eval_per_class)
+        for _ in range(cfg.last_epoch):
+            model.train()
+            for b in idx[torch.randperm(len(idx))].split(cfg.batch_size):
+                loss = F.cross_entropy(model(data.train.images[b]), data.train.labels[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+            model.eval()
+            with torch.no_grad():
+                (model(data.val.images[val]).argmax(1) == data.val.labels[val]).float().mean()
+        test = data.test.indices(job.classes, cfg.eval_per_class)
+        with torch.no_grad():
+            acc[job.id] = 100 * (model(data.test.images[test]).argmax(1) == data.test.labels[test]).float().mean().item()
+    return time.perf_counter() - start, acc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--epochs", type=int, default=7)
+    args = p.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    cfg = TrainConfig(max_epochs=args.epochs, bins=(args.epochs,), patience=args.epochs)
+    pairs = ((0, 1), (2, 3), (4, 5), (6, 7)) if not args.quick else ((0, 1), (2, 3))
+    jobs = [Job(c, "relu", "kaiming_uniform", 0) for c in pairs] + [Job(tuple(range(10)), "relu", "kaiming_uniform", 0)]
+    data = load_mnist()
+    images = sum(len(data.train.indices(j.classes)) for j in jobs) * cfg.last_epoch
+    print(f"{len(jobs)} models ({len(pairs)} two-class, 1 ten-class), {cfg.last_epoch} epochs, "
+          f"{images:,} model-images, {cores} cores")
+
+    tmp = tempfile.mkdtemp(prefix="zb", dir="/tmp")
+    try:
+        ray.init(num_cpus=cores, include_dashboard=False, _temp_dir=f"{tmp}/r", log_to_driver=False)
+        zoo = ZooConfig(name="bench", digits=tuple(range(10)), activations=("relu",), train=cfg,
+                        subsets=tuple(j.classes for j in jobs))
+        assert sorted(zoo.jobs()) == sorted(jobs)
+        # Ray is up before the clock starts (a cluster is long-lived); actor start-up and
+        # their MNIST loading are inside the timed build.
+        t0 = time.perf_counter()
+        build_zoo(zoo, f"{tmp}/bench", BuildOptions(actors=cores, cpus_per_actor=1, progress=False))
+        t_b = time.perf_counter() - t0
+        built = dict(zip(*[load(f"{tmp}/bench")[k] for k in ("job_id", "test_acc_in")]))
+        t_a, plain_acc = plain_loop(jobs, cfg, cores)
+
+        rate_a, rate_b = images / t_a, images / t_b
+        print(f"\n| path | wall s | model-images/s |\n|---|---|---|")
+        print(f"| (a) plain one-model loop, {cores} threads | {t_a:.1f} | {rate_a:,.0f} |")
+        print(f"| (b) zoo builder, {cores} Ray actors × 1 CPU + store | {t_b:.1f} | {rate_b:,.0f} |")
+        print(f"\nratio (b)/(a) = {rate_b / rate_a:.2f}  (requirement: >= 0.90)")
+
+        print(f"\ntest accuracy on own classes after {cfg.last_epoch} epochs (builder | plain loop):")
+        for j in jobs:
+            print(f"  {j.id:40s} {built[j.id]:6.2f}% | {plain_acc[j.id]:6.2f}%")
+        two = min(built[j.id] for j in jobs if len(j.classes) == 2)
+        ten = built[jobs[-1].id]
+        print(f"  worst 2-class {two:.2f}% (>= 98.5 required), 10-class {ten:.2f}% (>= 96 required)")
+
+        tiny = profile("tiny")
+        t0 = time.perf_counter()
+        build_zoo(tiny, f"{tmp}/tiny", BuildOptions(actors=cores, progress=False))
+        df = load(f"{tmp}/tiny")
+        last = df[df.epoch_bin == df.epoch_bin.max()]
+        print(f"\ntiny zoo: {len(df)} rows in {time.perf_counter() - t0:.1f} s; test accuracy on own classes "
+              f"at epoch {tiny.train.last_epoch} by class count (min / median / max):")
+        for n, g in last.groupby("n_classes"):
+            print(f"  {n} classes: {g.test_acc_in.min():.1f} / {g.test_acc_in.median():.1f} / {g.test_acc_in.max():.1f}%")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Train one merge TransformerAE: `python -m sweeps.train_one --config FILE [--resume]`.
+
+Prints a line of metrics per epoch and the test pairs' results next to the baselines at the
+end; everything is also written under the config's `out` directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from wsmerge.train import RunConfig, train
+from wsmerge.zoo import ZooStoreError
+
+# The columns of the closing table: what the generated CNNs do, next to the baselines.
+_TABLE = ("acc_in", "acc_out", "forget_c1", "forget_c2", "agreement", "ft_acc_in", "catchup_steps", "ft_stable_rate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sweeps.train_one", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML run config (see sweeps/configs/train_tiny.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
+    p.add_argument("--epochs", type=int, help="override the config's epochs (e.g. to extend a resumed run)")
+    p.add_argument("--out", help="override the config's out directory")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def _epoch_line(m: dict[str, float]) -> str:
+    return (
+        f"epoch {m['epoch']:>3}  train loss {m['train/loss']:.4g}  val loss {m['val/loss/loss']:.4g}  "
+        f"val acc_in {m['val/generated/acc_in']:.1f}%  (average {m['val/average/acc_in']:.1f}%, "
+        f"target {m['val/target/acc_in']:.1f}%)  spearman {m.get('val/corr/spearman', float('nan')):+.2f}"
+    )
+
+
+def results_table(summary: dict[str, float]) -> str:
+    methods = sorted({k.split("/")[0] for k in summary if "/" in k} - {"corr", "loss"},
+                     key=lambda m: (m != "generated", m))
+    rows = ["| method | " + " | ".join(_TABLE) + " |", "|---" * (len(_TABLE) + 1) + "|"]
+    for m in methods:
+        cells = [summary.get(f"{m}/{c}") for c in _TABLE]
+        rows.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("out", args.out)) if v is not None}
+    if args.no_progress:
+        overrides["progress"] = False
+    try:
+        cfg = RunConfig.from_yaml(args.config, **overrides)
+        result = train(cfg, report=lambda m: print(_epoch_line(m), flush=True), resume=args.resume)
+    except (ValueError, FileNotFoundError, FileExistsError, ZooStoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t = result.test
+    print(f"\ntest pairs ({int(t['n_pairs'])}, targets never seen in training), written to {result.out}:")
+    print(results_table(t))
+    corr = " ".join(f"{k} {t[f'corr/{k}']:+.2f} [{t[f'corr/{k}_lo']:+.2f}, {t[f'corr/{k}_hi']:+.2f}]"
+                    for k in ("spearman", "pearson", "kendall") if f"corr/{k}" in t)
+    print(f"loss-accuracy correlation: {corr or 'n/a'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

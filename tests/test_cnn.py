@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from wsmerge.cnn import (
+    ACTIVATIONS,
+    CNN,
+    INITS,
+    LAYER_SHAPES,
+    N_PARAMS,
+    batched_forward,
+    flatten,
+    init_weights,
+    layer_slices,
+    unflatten,
+)
+
+
+def test_parameter_count_and_shapes():
+    model = CNN()
+    assert N_PARAMS == 2464
+    assert sum(p.numel() for p in model.parameters()) == 2464
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == list(LAYER_SHAPES)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_layer_slices_tile_the_vector():
+    slices = list(layer_slices().values())
+    assert slices[0].start == 0 and slices[-1].stop == N_PARAMS
+    for a, b in zip(slices, slices[1:]):
+        assert a.stop == b.start
+    for (_, shape), sl in zip(LAYER_SHAPES, slices):
+        assert sl.stop - sl.start == math.prod(shape)
+
+
+def test_flat_round_trip():
+    model = CNN()
+    flat = flatten(model.state_dict())
+    assert flat.shape == (N_PARAMS,)
+    back = unflatten(flat)
+    for k, v in model.state_dict().items():
+        assert torch.equal(back[k], v)
+    batch = torch.randn(4, N_PARAMS)
+    assert torch.equal(flatten({k: v[2] for k, v in unflatten(batch).items()}), batch[2])
+
+
+def test_unflatten_rejects_wrong_length():
+    with pytest.raises(ValueError, match="2464"):
+        unflatten(torch.zeros(2463))
+    with pytest.raises(KeyError, match="fc2.bias"):
+        flatten({k: v for k, v in CNN().state_dict().items() if k != "fc2.bias"})
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_functional_forward_equals_module(activation):
+    torch.manual_seed(0)
+    models = [CNN(activation).double() for _ in range(3)]
+    weights = torch.stack([flatten(m.state_dict()) for m in models])
+    images = torch.rand(5, 1, 28, 28, dtype=torch.float64)
+    ref = torch.stack([m(images) for m in models])
+    assert torch.allclose(batched_forward(weights, images, activation), ref, atol=1e-10)
+    # One batch of images per model.
+    per_model = torch.rand(3, 4, 1, 28, 28, dtype=torch.float64)
+    ref = torch.stack([m(x) for m, x in zip(models, per_model)])
+    assert torch.allclose(batched_forward(weights, per_model, activation), ref, atol=1e-10)
+
+
+def test_functional_forward_gradient_matches_module():
+    torch.manual_seed(1)
+    model = CNN("tanh").double()
+    images = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    model(images).square().sum().backward()
+    ref = flatten({k: p.grad for k, p in model.named_parameters()})
+    w = flatten(model.state_dict()).unsqueeze(0).clone().requires_grad_(True)
+    batched_forward(w, images, "tanh").square().sum().backward()
+    assert torch.allclose(w.grad[0], ref, atol=1e-10)
+
+
+def test_forward_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[M, 2464\]"):
+        batched_forward(torch.zeros(2, 10), torch.zeros(1, 1, 28, 28), "relu")
+    with pytest.raises(ValueError, match="image batches"):
+        batched_forward(torch.zeros(2, N_PARAMS), torch.zeros(3, 1, 1, 28, 28), "relu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        batched_forward(torch.zeros(1, N_PARAMS), torch.zeros(1, 1, 28, 28), "swish")
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_init_is_deterministic_and_shared(init):
+    a = init_weights("relu", init, 0)
+    assert a.shape == (N_PARAMS,) and torch.isfinite(a).all()
+    assert torch.equal(a, init_weights("relu", init, 0))
+    assert not torch.equal(a, init_weights("relu", init, 1))
+    biases = [sl for name, sl in layer_slices().items() if name.endswith("bias")]
+    assert all((a[sl] == 0).all() for sl in biases)
+
+
+def test_unknown_init():
+    with pytest.raises(ValueError, match="unknown init"):
+        init_weights("relu", "orthogonal", 0)

@@ -1,0 +1,142 @@
+"""The merge-model recipe end to end on a tiny zoo: it learns, reports every metric next to
+the baselines, and a run killed part-way resumes bit-for-bit."""
+
+import json
+
+import pytest
+import torch
+
+from sweeps.train_one import main as train_one
+from wsmerge.train import CHECKPOINT, RunConfig, train
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(zoo, out, **kw):
+    base = dict(
+        zoo=str(zoo),
+        out=str(out),
+        model={"preset": "tiny", "d_model": 32, "d_ff": 64, "neck": 16},
+        pairs={"overlap": [0, 1], "split_by": "target"},
+        losses={"mse": 1.0, "behavioral": 0.5},
+        query_images=16,
+        evaluation={"images_per_class": 40, "finetune_steps": 10, "finetune_eval_every": 5, "bootstrap": 50},
+        epochs=3,
+        batch_size=8,
+        lr=1e-3,
+        progress=False,
+    )
+    return RunConfig.from_dict({**base, **kw})
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_after(epoch):
+    def report(m):
+        if m["epoch"] == epoch:
+            raise Crash
+
+    return report
+
+
+def _strip_time(history):
+    return [{k: v for k, v in h.items() if k != "train/seconds"} for h in history]
+
+
+def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
+    seen = []
+    result = train(_cfg(tiny_zoo, tmp_path / "run"), report=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    assert seen[-1]["train/loss"] < seen[0]["train/loss"]
+    assert seen[-1]["train/mse"] < seen[0]["train/mse"]
+    m = seen[-1]
+    for method in ("generated", "copy1", "copy2", "average", "task_arithmetic", "target"):
+        for metric in ("acc_in", "acc_out", "agreement", "forget_c1", "forget_c2"):
+            assert f"val/{method}/{metric}" in m
+    for k in ("val/loss/loss", "val/loss/mse", "val/loss/behavioral", "val/corr/spearman", "val/corr/kendall_lo"):
+        assert k in m
+    assert m["val/target/agreement"] == pytest.approx(1.0)  # the target agrees with itself
+    t = result.test
+    for k in ("generated/ft_acc_in", "generated/catchup_steps", "generated/ft_stable_rate",
+              "average/ft_acc_in", "corr/pearson_hi"):
+        assert k in t
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["test"]["generated/acc_in"] == pytest.approx(t["generated/acc_in"])
+    assert (tmp_path / "run" / "test_pairs.csv").stat().st_size > 0
+
+
+def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):
+    full = train(_cfg(tiny_zoo, tmp_path / "a"))
+    with pytest.raises(Crash):
+        train(_cfg(tiny_zoo, tmp_path / "b"), report=_crash_after(2))
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["epoch"] == 2
+    resumed = train(_cfg(tiny_zoo, tmp_path / "b"), resume=True)
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _strip_time(full.history) == _strip_time(resumed.history)
+    assert full.test == resumed.test
+
+
+def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(_cfg(tiny_zoo, tmp_path / "x"), resume=True)
+    with pytest.raises(ValueError, match="1 distinct target"):
+        train(_cfg(tiny_zoo, tmp_path / "y", pairs={"overlap": 0}))
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(Exception, match="manifest"):
+        train(_cfg(tmp_path / "nozoo", tmp_path / "z"))
+
+    with pytest.raises(Crash):
+        train(_cfg(tiny_zoo, tmp_path / "run", epochs=1), report=_crash_after(1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(tiny_zoo, tmp_path / "run", epochs=1))
+    with pytest.raises(ValueError, match=r"another config \(lr: 0.001 there, 0.01 now\)"):
+        train(_cfg(tiny_zoo, tmp_path / "run", lr=0.01), resume=True)
+    ck = tmp_path / "run" / CHECKPOINT
+    ck.write_bytes(ck.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="unreadable checkpoint"):
+        train(_cfg(tiny_zoo, tmp_path / "run"), resume=True)
+    torch.save({"model": {}}, ck)
+    with pytest.raises(ValueError, match="not a wsmerge training checkpoint"):
+        train(_cfg(tiny_zoo, tmp_path / "run"), resume=True)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(losses={"mse": 1.0, "msee": 1.0}), "unknown loss 'msee'"),
+        (dict(losses={"mse": -1.0}), "finite and >= 0"),
+        (dict(model={"preset": "tiny", "d_model": 30, "n_heads": 4}), "n_heads"),
+        (dict(epochs=0), "epochs must be"),
+        (dict(lr=float("nan")), "lr must be"),
+        (dict(pairs={"split": [0.5, 0.5, 0.5]}), "split"),
+        (dict(evaluation={"finetune_step": 3}), "finetune_step"),
+        (dict(batchsize=3), "unknown keys ['batchsize']"),
+    ],
+)
+def test_bad_configs(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        _cfg(tmp_path, tmp_path / "o", **change)
+
+
+def test_cli_runs_resumes_and_extends(tiny_zoo, tmp_path, capsys):
+    cfg = _cfg(tiny_zoo, tmp_path / "cli", epochs=1).to_dict()
+    path = tmp_path / "run.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    assert train_one(["--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1" in out and "| generated |" in out and "| average |" in out and "spearman" in out
+    assert train_one(["--config", str(path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert train_one(["--config", str(path), "--resume", "--epochs", "2"]) == 0
+    assert "epoch   2" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("zoo: [unclosed\n")
+    assert train_one(["--config", str(bad)]) == 2
+    assert "malformed YAML" in capsys.readouterr().err

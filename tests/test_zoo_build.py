@@ -1,0 +1,114 @@
+"""The zoo builder end to end: the real CLI, two Ray actors, a SIGKILL part-way, a resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from sweeps.zoo import main as zoo_main
+from wsmerge.zoo import ZooStoreError, build_zoo, load, profile
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _zoo_cmd(out, *extra):
+    return [sys.executable, "-m", "sweeps.zoo", "--profile", "tiny", "--out", str(out), "--actors", "2",
+            "--no-progress", *extra]
+
+
+def test_killed_build_resumes_without_loss_or_duplicates(tmp_path, ray_env):
+    out = tmp_path / "zoo"
+    cfg = profile("tiny")
+    n_jobs, n_bins = len(cfg.jobs()), len(cfg.train.bins)
+    proc = subprocess.Popen(_zoo_cmd(out), cwd=REPO, env=ray_env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    shards = out / "shards"
+    while time.time() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.parquet"))) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"build ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+
+    before = {p.name: p.read_bytes() for p in shards.glob("*.parquet")}
+    assert 4 <= len(before) < n_jobs
+    with pytest.raises(ZooStoreError, match="incomplete zoo"):
+        load(out)
+
+    done = subprocess.run(_zoo_cmd(out), cwd=REPO, env=ray_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"({len(before)} already built, {n_jobs - len(before)} trained now)" in done.stdout
+
+    df = load(out)
+    assert len(df) == n_jobs * n_bins
+    assert not df.duplicated(["job_id", "epoch_bin"]).any()
+    assert set(df.job_id) == {j.id for j in cfg.jobs()}
+    # Shards finished before the kill were kept as they were, not retrained.
+    for name, data in before.items():
+        assert (shards / name).read_bytes() == data
+    assert not list(shards.glob(".*.tmp"))
+    # Even the tiny budget learns: 2-class models are far above chance on their classes.
+    last = df[df.epoch_bin == df.epoch_bin.max()]
+    assert last[last.n_classes == 2].test_acc_in.median() > 90
+
+    again = subprocess.run(_zoo_cmd(out), cwd=REPO, env=ray_env, capture_output=True, text=True, timeout=120)
+    assert f"({n_jobs} already built, 0 trained now)" in again.stdout
+
+
+def test_store_errors_come_before_ray_starts(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "data.bin").write_bytes(b"x")
+    with pytest.raises(ZooStoreError, match="holds other files"):
+        build_zoo(profile("tiny"), out)
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--profile", "huge"], "invalid choice: 'huge'"),
+        (["--activations", "relu,swish"], "unknown activation 'swish'"),
+        (["--inits", "orthogonal"], "unknown init 'orthogonal'"),
+        (["--actors", "0"], "actors must be >= 1"),
+        (["--gpus-per-actor", "1.5"], "gpus_per_actor"),
+        (["--data-root", "/nonexistent"], "/nonexistent"),
+    ],
+)
+def test_cli_bad_arguments(tmp_path, capsys, args, message):
+    try:
+        code = zoo_main(["--out", str(tmp_path / "z"), *args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
+
+
+def test_cli_yaml_config(tmp_path, capsys):
+    from sweeps.zoo import parse_args, resolve_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text("profile: tiny\nactivations: [gelu]\ntrain: {max_epochs: 4, bins: [2, 4]}\n")
+    cfg = resolve_config(parse_args(["--config", str(good)]))
+    assert cfg.activations == ("gelu",) and cfg.train.bins == (2, 4) and cfg.train.train_per_class == 400
+    cases = {
+        "bad.yaml": ("profile: [tiny\n", "malformed YAML"),
+        "unknown.yaml": ("profile: tiny\nactivation: [relu]\n", "unknown keys ['activation']"),
+        "profile.yaml": ("profile: medium\n", "unknown profile 'medium'"),
+        "bins.yaml": ("train: {bins: [3, 50]}\n", "past max_epochs"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert zoo_main(["--config", str(tmp_path / name), "--out", str(tmp_path / "z")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and name in err
+    assert not (tmp_path / "z").exists()

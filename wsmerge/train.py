@@ -1,0 +1,392 @@
+"""Training the merge TransformerAE: one function a sweep trial calls.
+
+    cfg = RunConfig.from_yaml("sweeps/configs/train_tiny.yaml")
+    result = train(cfg, report=print)          # report(metrics) after every epoch
+
+Each epoch trains on the train pairs with the loss mix, writes a checkpoint (model,
+optimizer, epoch, every RNG state, metrics so far) atomically, evaluates the CNNs the model
+writes for the validation pairs, and reports. A run started again with `resume=True`
+continues from its last checkpoint and ends bit-for-bit where an uninterrupted run ends.
+The last step evaluates the test pairs (targets never seen in training) with fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wsmerge.config import from_dict, read_yaml
+from wsmerge.data import MNIST, Split, load_mnist
+from wsmerge.evaluate import EvalConfig, evaluate_merges
+from wsmerge.losses import LossContext, mix_loss, required_context, validate_mix
+from wsmerge.model import ModelConfig, TransformerAE
+from wsmerge.pairs import PairConfig, Pairs, make_pairs
+from wsmerge.zoo import load, load_init, weights_matrix
+
+__all__ = ["RunConfig", "RunResult", "train", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+_FORMAT = "wsmerge-run-checkpoint"
+# Fields that may differ between a run and the run it resumes: where it writes, how long
+# it goes on, and how chatty it is.
+_RESUMABLE_CHANGES = ("out", "epochs", "progress")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One TransformerAE training run; every field is validated on construction."""
+
+    zoo: str  # a zoo store directory (python -m sweeps.zoo)
+    out: str  # the run's directory: checkpoint, metrics, per-pair results
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    losses: dict[str, float] = field(default_factory=lambda: {"mse": 1.0})
+    loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    # Fine-tuning steps in the per-epoch validation; the test evaluation at the end uses
+    # evaluation.finetune_steps. Fine-tuning every epoch costs minutes on a CPU.
+    val_finetune_steps: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # Query images per pair and step for the losses that run the CNNs (behavioral,
+    # jacobian, fisher), drawn from the training images of the pair's target classes.
+    query_images: int = 256
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when present
+    progress: bool = True
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if isinstance(self.model, Mapping):
+            set_("model", ModelConfig.from_dict(dict(self.model), "model"))
+        if isinstance(self.pairs, Mapping):
+            set_("pairs", PairConfig.from_dict(dict(self.pairs), "pairs"))
+        if isinstance(self.evaluation, Mapping):
+            set_("evaluation", EvalConfig.from_dict(dict(self.evaluation), "evaluation"))
+        if not isinstance(self.losses, Mapping):
+            raise ValueError(f"losses must be a mapping name -> weight, got {type(self.losses).__name__}")
+        set_("losses", validate_mix(self.losses, self.loss_options))
+        for name in ("epochs", "batch_size", "query_images"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(self.val_finetune_steps, int) or self.val_finetune_steps < 0:
+            raise ValueError(f"val_finetune_steps must be an integer >= 0, got {self.val_finetune_steps!r}")
+        for name in ("lr", "grad_clip"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "run config") -> "RunConfig":
+        return from_dict(cls, d, where)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> "RunConfig":
+        return cls.from_dict({**read_yaml(path), **overrides}, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model"] = self.model.to_dict()
+        d["pairs"] = self.pairs.to_dict()
+        d["evaluation"] = self.evaluation.to_dict()
+        return json.loads(json.dumps(d))  # tuples → lists, so saved and fresh configs compare equal
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class RunResult:
+    history: list[dict[str, float]]  # one report per epoch
+    test: dict[str, float]  # test-pair summary (flat method/metric keys)
+    out: Path
+
+
+# --------------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class _Data:
+    pairs: Pairs
+    weights: torch.Tensor  # the zoo's [R, 2464] on the device
+    init: dict[str, torch.Tensor]  # split -> shared epoch-0 weights of each pair
+    mnist: MNIST
+    # Image pool of each target class set, for query images.
+    pools: dict[tuple[int, ...], torch.Tensor]
+
+
+def _device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} asked for, but torch sees no GPU")
+    return torch.device(cfg.device)
+
+
+def _load_data(cfg: RunConfig, device: torch.device) -> _Data:
+    """Everything read from disk, and every error in it, before any training starts."""
+    zoo = load(cfg.zoo)
+    pairs = make_pairs(zoo, cfg.pairs)
+    weights = torch.from_numpy(weights_matrix(zoo)).to(device)
+    init_df = load_init(cfg.zoo)
+    init = {s: pairs.init_weights(s, init_df).to(device) for s in ("train", "val", "test")}
+    mnist = load_mnist().to(device)
+    targets = sorted({t for s in ("train", "val", "test") for t in pairs[s]["c3"]})
+    pools = {t: mnist.train.indices(t) for t in targets}
+    return _Data(pairs, weights, init, mnist, pools)
+
+
+def _batches(acts: list[str], batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of pair rows, each of one activation (the losses that run the CNNs
+    run one activation per call)."""
+    out = []
+    for act in sorted(set(acts)):
+        rows = torch.tensor([i for i, a in enumerate(acts) if a == act])
+        rows = rows[torch.randperm(len(rows), generator=gen)]
+        out += list(rows.split(batch_size))
+    order = torch.randperm(len(out), generator=gen).tolist()
+    return [out[i] for i in order]
+
+
+def _query_images(data: _Data, targets: list[tuple[int, ...]], n: int, gen: torch.Generator) -> torch.Tensor:
+    """[B, n, 1, 28, 28]: for each pair, n training images of its target's classes."""
+    idx = []
+    for t in targets:
+        pool = data.pools[t]
+        idx.append(pool[torch.randint(len(pool), (n,), generator=gen)])
+    return data.mnist.train.images[torch.stack(idx).to(data.mnist.train.images.device)]
+
+
+def _context(cfg: RunConfig, model: TransformerAE, out, w1, w2, act, images) -> LossContext:
+    return LossContext(
+        activation=act,
+        images=images,
+        sources=(w1, w2),
+        latents=out.latents,
+        neck=out.neck,
+        encode=lambda w: model.encode(w, 0),
+        options=cfg.loss_options,
+    )
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in _RESUMABLE_CHANGES}
+
+
+def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a torch file at all
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or ck.get("format") != _FORMAT:
+        raise ValueError(f"{path}: not a wsmerge training checkpoint")
+    saved = json.loads(ck["config"])
+    if _comparable(saved) != _comparable(cfg.to_dict()):
+        diffs = [
+            f"{k}: {saved.get(k)!r} there, {v!r} now"
+            for k, v in _comparable(cfg.to_dict()).items()
+            if saved.get(k) != v
+        ]
+        raise ValueError(f"{path}: written by a run with another config ({'; '.join(diffs)})")
+    return ck
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def _train_epoch(cfg, model, opt, data, gen, device, bar) -> dict[str, float]:
+    model.train()
+    w1_all, w2_all, w3_all = data.pairs.tensors("train", data.weights)
+    meta = data.pairs.meta("train")
+    need_images = "images" in required_context(cfg.losses)
+    sums: dict[str, float] = {}
+    count = 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for rows in _batches(meta["activation"], cfg.batch_size, gen):
+        r = rows.to(device)
+        w1, w2, w3 = w1_all[r], w2_all[r], w3_all[r]
+        act = meta["activation"][rows[0]]
+        images = _query_images(data, [meta["c3"][i] for i in rows.tolist()], cfg.query_images, gen) if need_images else None
+        with autocast:
+            out = model(w1, w2)
+        pred = out.weights.float()
+        total, terms = mix_loss(pred, w3, cfg.losses, _context(cfg, model, out, w1, w2, act, images))
+        loss = total.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        n = len(rows)
+        sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().mean().item() * n
+        count += n
+        bar.update(n)
+        bar.set_postfix(loss=f"{sums['loss'] / count:.4g}")
+    return {f"train/{k}": v / count for k, v in sums.items()}
+
+
+@torch.no_grad()
+def _generate(cfg, model, data, split, device, gen) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """The model's CNNs for every pair of `split` and each pair's loss terms (unweighted)
+    and total, computed as in training but without dropout."""
+    model.eval()
+    w1_all, w2_all, w3_all = data.pairs.tensors(split, data.weights)
+    meta = data.pairs.meta(split)
+    need_images = "images" in required_context(cfg.losses)
+    generated = torch.empty_like(w3_all)
+    per_pair: dict[str, np.ndarray] = {}
+    acts = meta["activation"]
+    for act in sorted(set(acts)):
+        rows_all = torch.tensor([i for i, a in enumerate(acts) if a == act])
+        for rows in rows_all.split(cfg.batch_size):
+            r = rows.to(device)
+            w1, w2, w3 = w1_all[r], w2_all[r], w3_all[r]
+            images = _query_images(data, [meta["c3"][i] for i in rows.tolist()], cfg.query_images, gen) if need_images else None
+            out = model(w1, w2)
+            with torch.enable_grad():  # jacobian/fisher/contractive differentiate inside
+                total, terms = mix_loss(out.weights, w3, cfg.losses, _context(cfg, model, out, w1, w2, act, images))
+            generated[r] = out.weights.float()
+            for k, v in {"loss": total, **terms}.items():
+                per_pair.setdefault(k, np.full(len(acts), np.nan))[rows.numpy()] = v.detach().float().cpu().numpy()
+    return generated, per_pair
+
+
+def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig):
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same query images every epoch
+    generated, losses = _generate(cfg, model, data, split, device, gen)
+    w1, w2, w3 = data.pairs.tensors(split, data.weights)
+    meta = data.pairs.meta(split)
+    images = data.mnist.val if split == "val" else data.mnist.test
+    result = evaluate_merges(
+        generated, w1, w2, w3, meta["c1"], meta["c2"], meta["activation"], images, data.mnist.train,
+        eval_cfg, pair_loss=losses["loss"], init=data.init[split],
+    )
+    for k, v in losses.items():
+        result.per_pair[f"loss/{k}"] = result.per_pair["pair"].map(dict(enumerate(v)))
+    summary = {k: v for k, v in result.summary().items()}
+    summary.update({f"loss/{k}": float(np.mean(v)) for k, v in losses.items()})
+    return result, summary
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "loader": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    cfg: RunConfig,
+    report: Callable[[dict[str, float]], None] | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """Train, validate every epoch, test at the end. `resume`: continue the checkpoint in
+    `cfg.out` (an error if there is none); without it, `cfg.out` must not hold a run."""
+    out = Path(cfg.out)
+    ck_path = out / CHECKPOINT
+    if not resume and ck_path.exists():
+        raise FileExistsError(f"{ck_path} exists: resume it (--resume) or choose another out")
+    if resume and not ck_path.exists():
+        raise FileNotFoundError(f"{ck_path}: no checkpoint to resume")
+    checkpoint = _load_checkpoint(ck_path, cfg) if resume else None
+    device = _device(cfg)
+    data = _load_data(cfg, device)
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    model = TransformerAE(cfg.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        opt.load_state_dict(checkpoint["optimizer"])
+        _set_rng_state(checkpoint["rng"], gen)
+        history = json.loads(checkpoint["history"])
+        start_epoch = int(checkpoint["epoch"]) + 1
+
+    val_cfg = dataclasses.replace(cfg.evaluation, finetune_steps=cfg.val_finetune_steps)
+    n_train = len(data.pairs["train"])
+    bar = tqdm(total=n_train * (cfg.epochs - start_epoch + 1), unit="pair", desc="train", disable=not cfg.progress)
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, data, gen, device, bar)}
+            metrics["train/seconds"] = time.perf_counter() - t0
+            # The RNG state is taken before validation, which draws nothing from it, so a
+            # resumed run starts its next epoch from the very same state.
+            state = _rng_state(gen)
+            _, val = _evaluate(cfg, model, data, "val", device, val_cfg)
+            metrics.update({f"val/{k}": v for k, v in val.items()})
+            history.append(metrics)
+            _atomic_save(
+                {
+                    "format": _FORMAT,
+                    "config": json.dumps(cfg.to_dict()),
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "rng": state,
+                    "history": json.dumps(history),
+                },
+                ck_path,
+            )
+            _atomic_text(json.dumps(history, indent=1), out / "history.json")
+            if report is not None:
+                report(metrics)
+    finally:
+        bar.close()
+
+    result, test = _evaluate(cfg, model, data, "test", device, cfg.evaluation)
+    result.per_pair.to_csv(out / "test_pairs.csv", index=False)
+    _atomic_text(json.dumps({"config": cfg.to_dict(), "test": test, "epochs": len(history)}, indent=1), out / "result.json")
+    return RunResult(history, test, out)
