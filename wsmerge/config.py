@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
-__all__ = ["from_dict", "read_yaml"]
+__all__ = ["from_dict", "from_dict_with_base", "read_yaml"]
 
 T = TypeVar("T")
 
@@ -42,3 +42,16 @@ def from_dict(cls: type[T], d: Any, where: str) -> T:
         return cls(**d)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def from_dict_with_base(cls: type[T], d: Any, where: str, key: str, named: Callable[[str], T]) -> T:
+    """Like `from_dict`, but `{key: name, ...}` starts from the named config `named(name)`
+    (a preset, a scenario) and overrides only the keys given."""
+    if isinstance(d, dict) and key in d:
+        d = dict(d)
+        try:
+            base = named(d.pop(key))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        d = {**base.to_dict(), **d}
+    return from_dict(cls, d, where)

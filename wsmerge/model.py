@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsmerge.cnn import N_PARAMS
-from wsmerge.config import from_dict as _from_dict
+from wsmerge.config import from_dict_with_base
 
 __all__ = [
     "BIG_TOKEN",
@@ -155,15 +155,7 @@ class ModelConfig:
     def from_dict(cls, d: Any, where: str = "model") -> "ModelConfig":
         """From a mapping; `{"preset": "tiny", "d_model": 32}` starts from a preset and
         overrides the keys given. Unknown keys are an error."""
-        if isinstance(d, dict) and "preset" in d:
-            d = dict(d)
-            name = d.pop("preset")
-            try:
-                base = preset(name)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-            d = {**base.to_dict(), **d}
-        return _from_dict(cls, d, where)
+        return from_dict_with_base(cls, d, where, "preset", preset)
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -315,13 +307,28 @@ class TransformerAE(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        # Per-position standardisation of the weights read and written (buffers: they travel
+        # with the state dict). Zoo weights are ~0.2 in scale while a fresh decoder writes
+        # ~1: un-normalised, the first CNNs it writes have logits thousands of times too
+        # large, and the behavioral loss explodes. `set_normalization` sets them from the zoo.
+        self.register_buffer("w_mean", torch.zeros(N_PARAMS))
+        self.register_buffer("w_std", torch.ones(N_PARAMS))
+
+    @torch.no_grad()
+    def set_normalization(self, weights: torch.Tensor) -> None:
+        """Standardise inputs and outputs by the per-position mean and std of `weights`
+        [R, 2464] (the training zoo); positions that never vary keep std 1."""
+        w = _check_weights(weights, "set_normalization").to(self.w_mean)
+        std = w.std(dim=0) if len(w) > 1 else torch.ones_like(self.w_std)
+        self.w_mean.copy_(w.mean(dim=0))
+        self.w_std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def encode(self, w: torch.Tensor, which: int) -> torch.Tensor:
         """Encoder `which` (0 or 1) summed over its 50 tokens: [B, 2464] → [B, d_model]."""
         if which not in (0, 1):
             raise ValueError(f"encode: which must be 0 or 1, got {which!r}")
         _check_weights(w, f"encode(which={which})")
-        return self.encoders[which](w).sum(dim=1)
+        return self.encoders[which]((w - self.w_mean) / self.w_std).sum(dim=1)
 
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
         """tanh(Linear(h1 ‖ h2)): two [B, d_model] encodings → neck [B, neck]."""
@@ -331,15 +338,14 @@ class TransformerAE(nn.Module):
         """neck [B, neck] → predicted weights [B, 2464]."""
         if neck.dim() != 2 or neck.shape[1] != self.cfg.neck:
             raise ValueError(f"decode: expected a neck of shape [B, {self.cfg.neck}], got {list(neck.shape)}")
-        return self.decoder(neck)
+        return self.decoder(neck) * self.w_std + self.w_mean
 
     def forward(self, w1: torch.Tensor, w2: torch.Tensor) -> MergeOutput:
         _check_weights(w1, "w1")
         _check_weights(w2, "w2")
         if w1.shape[0] != w2.shape[0]:
             raise ValueError(f"w1 and w2 batch sizes differ: {w1.shape[0]} vs {w2.shape[0]}")
-        h1 = self.encoders[0](w1).sum(dim=1)
-        h2 = self.encoders[1](w2).sum(dim=1)
+        h1, h2 = self.encode(w1, 0), self.encode(w2, 1)
         neck = self.fuse(h1, h2)
         return MergeOutput(self.decode(neck), neck, (h1, h2))
 

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from wsmerge.cnn import N_PARAMS, check_activation, check_init
-from wsmerge.config import from_dict as _from_dict
+from wsmerge.config import from_dict_with_base
 from wsmerge.data import check_classes
 from wsmerge.zoo import class_key, parse_class_key, weights_matrix
 
@@ -121,22 +121,14 @@ class PairConfig:
             except ValueError as e:
                 raise ValueError(f"pairs.digits: {e}") from None
             object.__setattr__(self, "digits", digits)
-        acts = _opt_tuple(self.activations, "activations", str)
-        if acts is not None:
+        for name, check in (("activations", check_activation), ("inits", check_init)):
+            values = _opt_tuple(getattr(self, name), name, str)
             try:
-                for a in acts:
-                    check_activation(a)
+                for v in values or ():
+                    check(v)
             except ValueError as e:
-                raise ValueError(f"pairs.activations: {e}") from None
-        object.__setattr__(self, "activations", acts)
-        inits = _opt_tuple(self.inits, "inits", str)
-        if inits is not None:
-            try:
-                for i in inits:
-                    check_init(i)
-            except ValueError as e:
-                raise ValueError(f"pairs.inits: {e}") from None
-        object.__setattr__(self, "inits", inits)
+                raise ValueError(f"pairs.{name}: {e}") from None
+            object.__setattr__(self, name, values)
         object.__setattr__(self, "seeds", _opt_tuple(self.seeds, "seeds", _int))
         object.__setattr__(self, "epoch_bins", _opt_tuple(self.epoch_bins, "epoch_bins", _int))
 
@@ -187,15 +179,7 @@ class PairConfig:
     def from_dict(cls, d: Any, where: str = "pairs") -> "PairConfig":
         """From a mapping; `{"scenario": "type1", "seed": 3}` starts from a scenario preset
         and overrides the keys given. Unknown keys are an error."""
-        if isinstance(d, dict) and "scenario" in d:
-            d = dict(d)
-            name = d.pop("scenario")
-            try:
-                base = scenario(name)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-            d = {**base.to_dict(), **d}
-        return _from_dict(cls, d, where)
+        return from_dict_with_base(cls, d, where, "scenario", scenario)
 
     def replace(self, **changes) -> "PairConfig":
         return dataclasses.replace(self, **changes)

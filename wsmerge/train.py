@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from tqdm.auto import tqdm
 from wsmerge.config import from_dict, read_yaml
 from wsmerge.data import MNIST, Split, load_mnist
 from wsmerge.evaluate import EvalConfig, evaluate_merges
-from wsmerge.losses import LossContext, mix_loss, required_context, validate_mix
+from wsmerge.files import atomic_write
+from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix
 from wsmerge.model import ModelConfig, TransformerAE
 from wsmerge.pairs import PairConfig, Pairs, make_pairs
 from wsmerge.zoo import load, load_init, weights_matrix
@@ -176,37 +176,31 @@ def _query_images(data: _Data, targets: list[tuple[int, ...]], n: int, gen: torc
     return data.mnist.train.images[torch.stack(idx).to(data.mnist.train.images.device)]
 
 
-def _context(cfg: RunConfig, model: TransformerAE, out, w1, w2, act, images) -> LossContext:
-    return LossContext(
+def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data: _Data, gen, device):
+    """The model's output for one batch and the loss mix on it: (generated, total, terms)."""
+    needs = required_context(cfg.losses)
+    images = _query_images(data, targets, cfg.query_images, gen) if "images" in needs else None
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(w1, w2)
+        # The contrastive term's second view: the same pairs after neuron permutations,
+        # which change the weights but not the functions.
+        aug = model(permute_neurons(w1, gen), permute_neurons(w2, gen)).neck if "neck_aug" in needs else None
+    ctx = LossContext(
         activation=act,
         images=images,
         sources=(w1, w2),
-        latents=out.latents,
-        neck=out.neck,
+        latents=tuple(h.float() for h in out.latents),
+        neck=out.neck.float(),
+        neck_aug=None if aug is None else aug.float(),
         encode=lambda w: model.encode(w, 0),
         options=cfg.loss_options,
     )
+    pred = out.weights.float()
+    total, terms = mix_loss(pred, w3, cfg.losses, ctx)
+    return pred, total, terms
 
 
 # ---------------------------------------------------------------------------- checkpoints
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
@@ -238,19 +232,13 @@ def _train_epoch(cfg, model, opt, data, gen, device, bar) -> dict[str, float]:
     model.train()
     w1_all, w2_all, w3_all = data.pairs.tensors("train", data.weights)
     meta = data.pairs.meta("train")
-    need_images = "images" in required_context(cfg.losses)
     sums: dict[str, float] = {}
     count = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for rows in _batches(meta["activation"], cfg.batch_size, gen):
         r = rows.to(device)
-        w1, w2, w3 = w1_all[r], w2_all[r], w3_all[r]
         act = meta["activation"][rows[0]]
-        images = _query_images(data, [meta["c3"][i] for i in rows.tolist()], cfg.query_images, gen) if need_images else None
-        with autocast:
-            out = model(w1, w2)
-        pred = out.weights.float()
-        total, terms = mix_loss(pred, w3, cfg.losses, _context(cfg, model, out, w1, w2, act, images))
+        targets = [meta["c3"][i] for i in rows.tolist()]
+        _, total, terms = _merge(cfg, model, w1_all[r], w2_all[r], w3_all[r], act, targets, data, gen, device)
         loss = total.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -273,7 +261,6 @@ def _generate(cfg, model, data, split, device, gen) -> tuple[torch.Tensor, dict[
     model.eval()
     w1_all, w2_all, w3_all = data.pairs.tensors(split, data.weights)
     meta = data.pairs.meta(split)
-    need_images = "images" in required_context(cfg.losses)
     generated = torch.empty_like(w3_all)
     per_pair: dict[str, np.ndarray] = {}
     acts = meta["activation"]
@@ -281,12 +268,10 @@ def _generate(cfg, model, data, split, device, gen) -> tuple[torch.Tensor, dict[
         rows_all = torch.tensor([i for i, a in enumerate(acts) if a == act])
         for rows in rows_all.split(cfg.batch_size):
             r = rows.to(device)
-            w1, w2, w3 = w1_all[r], w2_all[r], w3_all[r]
-            images = _query_images(data, [meta["c3"][i] for i in rows.tolist()], cfg.query_images, gen) if need_images else None
-            out = model(w1, w2)
-            with torch.enable_grad():  # jacobian/fisher/contractive differentiate inside
-                total, terms = mix_loss(out.weights, w3, cfg.losses, _context(cfg, model, out, w1, w2, act, images))
-            generated[r] = out.weights.float()
+            targets = [meta["c3"][i] for i in rows.tolist()]
+            with torch.enable_grad():  # jacobian, fisher and contractive differentiate inside
+                pred, total, terms = _merge(cfg, model, w1_all[r], w2_all[r], w3_all[r], act, targets, data, gen, device)
+            generated[r] = pred.detach()
             for k, v in {"loss": total, **terms}.items():
                 per_pair.setdefault(k, np.full(len(acts), np.nan))[rows.numpy()] = v.detach().float().cpu().numpy()
     return generated, per_pair
@@ -304,7 +289,7 @@ def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig):
     )
     for k, v in losses.items():
         result.per_pair[f"loss/{k}"] = result.per_pair["pair"].map(dict(enumerate(v)))
-    summary = {k: v for k, v in result.summary().items()}
+    summary = result.summary()
     summary.update({f"loss/{k}": float(np.mean(v)) for k, v in losses.items()})
     return result, summary
 
@@ -343,6 +328,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = TransformerAE(cfg.model).to(device)
+    model.set_normalization(data.weights[torch.from_numpy(np.unique(np.concatenate(data.pairs.indices("train"))))])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
@@ -368,25 +354,24 @@ def train(
             _, val = _evaluate(cfg, model, data, "val", device, val_cfg)
             metrics.update({f"val/{k}": v for k, v in val.items()})
             history.append(metrics)
-            _atomic_save(
-                {
-                    "format": _FORMAT,
-                    "config": json.dumps(cfg.to_dict()),
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "rng": state,
-                    "history": json.dumps(history),
-                },
-                ck_path,
-            )
-            _atomic_text(json.dumps(history, indent=1), out / "history.json")
+            saved = {
+                "format": _FORMAT,
+                "config": json.dumps(cfg.to_dict()),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": state,
+                "history": json.dumps(history),
+            }
+            atomic_write(ck_path, lambda p: torch.save(saved, p))
+            atomic_write(out / "history.json", lambda p: Path(p).write_text(json.dumps(history, indent=1)))
             if report is not None:
                 report(metrics)
     finally:
         bar.close()
 
     result, test = _evaluate(cfg, model, data, "test", device, cfg.evaluation)
-    result.per_pair.to_csv(out / "test_pairs.csv", index=False)
-    _atomic_text(json.dumps({"config": cfg.to_dict(), "test": test, "epochs": len(history)}, indent=1), out / "result.json")
+    atomic_write(out / "test_pairs.csv", lambda p: result.per_pair.to_csv(p, index=False))
+    summary = json.dumps({"config": cfg.to_dict(), "test": test, "epochs": len(history)}, indent=1)
+    atomic_write(out / "result.json", lambda p: Path(p).write_text(summary))
     return RunResult(history, test, out)

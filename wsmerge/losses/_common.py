@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["quantile_points", "safe_sqrt"]
+__all__ = ["quantile_points", "rademacher", "safe_sqrt"]
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -26,3 +26,10 @@ def quantile_points(x: torch.Tensor, n: int) -> torch.Tensor:
         return s
     idx = ((torch.arange(n, device=x.device) + 0.5) * big_n / n).long()
     return s[..., idx]
+
+
+def rademacher(shape: tuple[int, ...], seed: int | None) -> torch.Tensor:
+    """±1 probes (float32) for Hutchinson-type estimates E_v ‖Aᵀv‖² = ‖A‖_F²: from torch's
+    global generator (fresh each call, so training sees every direction), or seeded."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).float()

@@ -14,13 +14,16 @@ from ._registry import register
 @dataclass(frozen=True)
 class WassersteinOptions:
     """method "sort" (default): exact. "sinkhorn": geomloss's debiased Sinkhorn divergence
-    on n_points quantiles of each vector (0 = all 2464: about 1 s per batch here, hence the
-    bounded default), blur σ (ε = σ²) and ε-scaling factor as in geomloss."""
+    on n_points quantiles of each vector, blur σ (ε = σ²) and ε-scaling factor as in
+    geomloss. Bounded defaults: 64 quantiles (256 cost about 0.8 s per batch here, all 2464
+    about 15 s per pair) and scaling 0.8, not geomloss's 0.5, at which the annealing stops
+    5–15% short of W2² on these vectors; at 0.8 the estimate is within 5–10% of the exact
+    W2² (blur 0.01, weights of scale 0.1), most of it the subsampling."""
 
     method: str = "sort"
-    n_points: int = 256
+    n_points: int = 64
     blur: float = 0.01
-    scaling: float = 0.5
+    scaling: float = 0.8
 
     def __post_init__(self):
         if self.method not in ("sort", "sinkhorn"):
@@ -52,13 +55,14 @@ def wasserstein(pred, target, ctx, opt):
 @dataclass(frozen=True)
 class GromovOptions:
     """n_points quantiles per vector (0 = all 2464); epsilon relative to the mean squared
-    pairwise distance of the target's points; fixed outer (linearisation) and inner
-    (log-domain Sinkhorn, warm-started) iteration counts, so the cost is fixed."""
+    pairwise distance of the points (pred's and target's averaged); fixed outer
+    (linearisation) and inner (Sinkhorn, warm-started) iteration counts, so the cost is
+    fixed. At the defaults the value is within about 1% of POT's converged solver."""
 
-    n_points: int = 48
-    epsilon: float = 0.05
+    n_points: int = 32
+    epsilon: float = 0.1
     outer_iters: int = 10
-    inner_iters: int = 30
+    inner_iters: int = 20
 
     def __post_init__(self):
         if self.n_points < 0 or self.n_points == 1 or not self.epsilon > 0:
@@ -67,15 +71,19 @@ class GromovOptions:
             raise ValueError("outer_iters and inner_iters must be >= 1")
 
 
-def _sinkhorn_log(cost, eps, f, g, iters):
-    """Log-domain Sinkhorn for uniform marginals on [B, n, m] costs, eps [B, 1]; returns
-    the plan and the potentials (to warm-start the next call)."""
-    log_a, log_b = -math.log(cost.shape[1]), -math.log(cost.shape[2])
-    e = eps[:, :, None]
+def _sinkhorn(cost, eps, f, g, iters):
+    """Sinkhorn for uniform marginals on [B, n, m] costs, eps [B, 1], from potentials (f, g):
+    scaling iterations on the kernel with the potentials absorbed, exp((f + g − C)/ε), whose
+    entries stay near the plan's, so it needs neither the log domain (several times slower
+    here) nor fears overflow. Returns the plan and the updated potentials (warm start)."""
+    a, b = 1.0 / cost.shape[1], 1.0 / cost.shape[2]
+    kernel = torch.exp((f[:, :, None] + g[:, None, :] - cost) / eps[:, :, None])
+    u, v = torch.ones_like(f), torch.ones_like(g)
     for _ in range(iters):
-        f = eps * (log_a - torch.logsumexp((g[:, None, :] - cost) / e, dim=2))
-        g = eps * (log_b - torch.logsumexp((f[:, :, None] - cost) / e, dim=1))
-    return torch.exp((f[:, :, None] + g[:, None, :] - cost) / e), f, g
+        # Broadcast-and-sum: 3x faster than bmm for these many small matrices on CPU.
+        u = a / (kernel * v[:, None, :]).sum(dim=2)
+        v = b / (kernel * u[:, :, None]).sum(dim=1)
+    return u[:, :, None] * kernel * v[:, None, :], f + eps * u.log(), g + eps * v.log()
 
 
 def _linearised(c1, c2, plan):
@@ -93,9 +101,12 @@ def entropic_gw(c1, c2, eps, outer_iters, inner_iters):
     with torch.no_grad():
         b, n, m = c1.shape[0], c1.shape[-1], c2.shape[-1]
         plan = torch.full((b, n, m), 1.0 / (n * m), dtype=c1.dtype, device=c1.device)
-        f, g = c1.new_zeros(b, n), c1.new_zeros(b, m)
-        for _ in range(outer_iters):
-            plan, f, g = _sinkhorn_log(2 * _linearised(c1, c2, plan), eps, f, g, inner_iters)
+        g = c1.new_zeros(b, m)
+        for it in range(outer_iters):
+            cost = 2 * _linearised(c1, c2, plan)
+            if it == 0:  # start each row at its cheapest entry: kernel entries <= 1
+                f = cost.min(dim=2).values
+            plan, f, g = _sinkhorn(cost, eps, f, g, inner_iters)
     return (_linearised(c1, c2, plan) * plan).sum(dim=(1, 2))
 
 
@@ -107,18 +118,20 @@ def gromov_wasserstein(pred, target, ctx, opt):
     entropic plan. The self terms remove the entropic bias, so it is exactly 0 at
     pred = target (plain GW_ε is not).
 
-    Bounded cost: each vector is replaced by its n_points quantiles (default 48; the W2-best
+    Bounded cost: each vector is replaced by its n_points quantiles (default 32; the W2-best
     deterministic n-point summary of its values), so one batch solves 3·B problems of
-    48×48 with 10×30 Sinkhorn sweeps, whatever N. ε = epsilon · mean(C_target²) per sample,
-    so one default suits every init's weight scale. Invariant to isometries of the values
+    32×32 with 10×20 Sinkhorn sweeps, whatever N. ε = epsilon · (mean C_pred² + mean C_target²)/2
+    per sample (symmetric; default epsilon 0.1), so one default suits every init's weight scale. Invariant to isometries of the values
     (shift, sign flip): it compares shape, not location."""
     n = opt.n_points or pred.shape[1]
-    p, t = quantile_points(pred, n), quantile_points(target, n)
+    # float64: the kernel exp(−C/ε) spans hundreds of e-folds at the first iteration.
+    p, t = quantile_points(pred.double(), n), quantile_points(target.double(), n)
     cp, ct = ((x[:, :, None] - x[:, None, :]).abs() for x in (p, t))
-    eps = (opt.epsilon * (ct.detach() ** 2).mean(dim=(1, 2)))[:, None].clamp_min(1e-12)
+    scale = ((cp.detach() ** 2).mean(dim=(1, 2)) + (ct.detach() ** 2).mean(dim=(1, 2))) / 2
+    eps = (opt.epsilon * scale)[:, None].clamp_min(1e-12)
     # One batched solve for the three problems: (p, t), (p, p), (t, t).
     c1 = torch.cat([cp, cp, ct.detach()])
     c2 = torch.cat([ct.detach(), cp, ct.detach()])
     gw = entropic_gw(c1, c2, eps.repeat(3, 1), opt.outer_iters, opt.inner_iters)
     b = pred.shape[0]
-    return gw[:b] - 0.5 * gw[b : 2 * b] - 0.5 * gw[2 * b :]
+    return (gw[:b] - 0.5 * gw[b : 2 * b] - 0.5 * gw[2 * b :]).to(pred.dtype)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wsmerge.cnn import ACTIVATIONS, N_PARAMS, init_weights, layer_slices
+from wsmerge.files import atomic_write
 
 from ._config import Job, ZooConfig, class_key, parse_class_key
 from ._train import ModelRecord, bin_sources
@@ -67,21 +67,6 @@ _INIT_SCHEMA = pa.schema(
 
 class ZooStoreError(RuntimeError):
     """A zoo directory that cannot be used as asked: foreign, mismatched or corrupted."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(tmp_path)` then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _weights_array(rows: np.ndarray) -> pa.FixedSizeListArray:
@@ -161,7 +146,7 @@ class ZooStore:
             ],
             schema=_INIT_SCHEMA,
         )
-        _atomic_write(self.root / "init.parquet", lambda p: pq.write_table(table, p))
+        atomic_write(self.root / "init.parquet", lambda p: pq.write_table(table, p))
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -169,7 +154,7 @@ class ZooStore:
             "jobs": [j.id for j in self.config.jobs()],
         }
         # The manifest goes last: its presence says the directory is a complete zoo skeleton.
-        _atomic_write(self.manifest, lambda p: Path(p).write_text(json.dumps(manifest, indent=1)))
+        atomic_write(self.manifest, lambda p: Path(p).write_text(json.dumps(manifest, indent=1)))
 
     def _check_manifest(self) -> None:
         m = _read_manifest(self.root)
@@ -199,7 +184,7 @@ class ZooStore:
 
     def write(self, record: ModelRecord) -> None:
         table = record_table(record, self.config.train.bins)
-        _atomic_write(self.shard_path(record.job), lambda p: pq.write_table(table, p))
+        atomic_write(self.shard_path(record.job), lambda p: pq.write_table(table, p))
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -331,7 +316,7 @@ def export_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     extra = {k: df[k].to_numpy() for k in ("init", "seed") if df[k].nunique() > 1}
     frame = pd.concat([frame, weights, tail, pd.DataFrame(extra)], axis=1)
     path = Path(path)
-    _atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.9g"))
+    atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.9g"))
     return path
 
 

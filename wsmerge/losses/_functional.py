@@ -1,0 +1,132 @@
+"""Losses that run the CNNs: compare what the predicted and target CNNs compute on query
+images, through the shared `batched_forward` (report 4.5.2, 4.5.3; the paper's L_B).
+
+Each uses the first `queries` query images of each sample (ctx.images, per sample or
+shared): a CNN evaluation with its backward costs about 0.12 ms per image here, so the
+defaults are sized to keep a batch of 32 within 50 ms (bench/loss_cost.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.autograd import forward_ad
+
+from ..cnn import batched_forward
+from ._common import rademacher, safe_sqrt
+from ._registry import register
+
+
+def _queries(images: torch.Tensor, n: int) -> torch.Tensor:
+    """The first n query images (all if n == 0), [N,...] shared or [B, N, ...] per sample."""
+    if n == 0:
+        return images
+    return images[:n] if images.dim() == 4 else images[:, :n]
+
+
+def _check_queries(n: int) -> None:
+    if n < 0:
+        raise ValueError(f"queries must be >= 0 (0 = all of ctx.images), got {n}")
+
+
+@dataclass(frozen=True)
+class BehavioralOptions:
+    queries: int = 8
+
+    def __post_init__(self):
+        _check_queries(self.queries)
+
+
+@register("behavioral", options=BehavioralOptions, needs=("activation", "images"))
+def behavioral(pred, target, ctx, opt):
+    """Behavioral loss ("Structure Is Not Enough", Eq. 1): mean over query images and the 10
+    logits of (f_pred(x) − f_target(x))², on unlabeled images of the target's classes.
+
+    Logits, MSE: the paper found cross-entropy and distillation variants unstable. The paper
+    draws 256 queries per batch; at the default queries=8 per sample a batch of 32 sees 256
+    (256 per sample costs about 1 s per batch here). Needs the CNNs' activation."""
+    x = _queries(ctx.images, opt.queries)
+    with torch.no_grad():
+        ref = batched_forward(target, x, ctx.activation)
+    return ((batched_forward(pred, x, ctx.activation) - ref) ** 2).mean(dim=(1, 2))
+
+
+def input_jacobian_products(
+    weights: torch.Tensor, images: torch.Tensor, activation: str, probes: torch.Tensor, create_graph: bool
+) -> torch.Tensor:
+    """[B, n, P, 784]: vᵀ J(x) for each sample's CNN, query image x and probe v of
+    probes [P, 10], J(x) = d logits / d image. probes = I₁₀ gives the full Jacobian.
+
+    One backward for all: each image is repeated P times and copy j back-propagates
+    probes[j]; create_graph keeps the result differentiable in the weights (double backward)."""
+    b = weights.shape[0]
+    x = images.expand(b, *images.shape[-4:]) if images.dim() == 4 else images
+    n, k = x.shape[1], probes.shape[0]
+    with torch.enable_grad():
+        xr = x.unsqueeze(2).expand(b, n, k, 1, 28, 28).reshape(b, n * k, 1, 28, 28).detach().requires_grad_()
+        out = batched_forward(weights, xr, activation).reshape(b, n, k, 10)
+        (grad,) = torch.autograd.grad((out * probes.to(out)).sum(), xr, create_graph=create_graph)
+    return grad.reshape(b, n, k, 28 * 28)
+
+
+@dataclass(frozen=True)
+class JacobianOptions:
+    queries: int = 2
+    probes: int = 2
+    seed: int | None = None
+
+    def __post_init__(self):
+        _check_queries(self.queries)
+        if self.probes < 0:
+            raise ValueError(f"probes must be >= 0 (0 = exact), got {self.probes}")
+
+
+@register("jacobian", options=JacobianOptions, needs=("activation", "images"))
+def jacobian(pred, target, ctx, opt):
+    """Jacobian Frobenius loss [4.5.2], w.r.t. inputs: sqrt(mean_x ‖J_pred(x) − J_target(x)‖_F²),
+    J(x) = d logits / d image [10 × 784], over the query images x (the RMS over images of the
+    report's per-image Frobenius norm, so it does not grow with their number).
+
+    Differentiable in pred by double backward. ‖ΔJ‖_F² = E_v ‖vᵀΔJ‖² is estimated with
+    `probes` Rademacher vectors v over the 10 logits (default 2; the same for both CNNs;
+    fresh each call from torch's global generator, or from `seed` if set; 0 = exact, all ten
+    rows), which cuts the cost 5x; with
+    the default queries=2 per sample a batch stays within 50 ms."""
+    x = _queries(ctx.images, opt.queries)
+    if opt.probes == 0:
+        v, scale = torch.eye(10), 1.0
+    else:
+        v, scale = rademacher((opt.probes, 10), opt.seed), 1.0 / opt.probes
+    jp = input_jacobian_products(pred, x, ctx.activation, v, create_graph=torch.is_grad_enabled())
+    jt = input_jacobian_products(target, x, ctx.activation, v, create_graph=False)
+    return safe_sqrt(scale * ((jp - jt) ** 2).sum(dim=(2, 3)).mean(dim=1))
+
+
+@dataclass(frozen=True)
+class FisherOptions:
+    queries: int = 8
+
+    def __post_init__(self):
+        _check_queries(self.queries)
+
+
+@register("fisher", options=FisherOptions, needs=("activation", "images"))
+def fisher(pred, target, ctx, opt):
+    """Fisher information distance [4.5.3], to first order: sqrt(Δᵀ F(θ_t) Δ), Δ = pred −
+    target, F(θ_t) the Fisher information of the target CNN's predictive distribution on the
+    query images.
+
+    Approximations, stated: (1) the geodesic integral ∫ sqrt(γ̇ᵀ F(γ) γ̇) is replaced by its
+    value for the straight segment with F frozen at the target — exact to first order as
+    pred → target, the regime of a reconstruction loss; (2) the expectation over inputs is
+    the mean over the query images. F is the full (not diagonal) Fisher of softmax outputs,
+    Jᵀ(diag p − ppᵀ)J, with the model's own p (no labels needed, unlike the empirical Fisher),
+    and is never formed: with u = JΔ from one forward-mode JVP, ΔᵀFΔ = mean_x Var_p(u).
+    Not symmetric (the metric is the target's). Default queries=8 per sample."""
+    x = _queries(ctx.images, opt.queries)
+    with forward_ad.dual_level():
+        out = batched_forward(forward_ad.make_dual(target.detach(), pred - target.detach()), x, ctx.activation)
+        logits, u = forward_ad.unpack_dual(out)
+    p = torch.softmax(logits, dim=-1)
+    var = (p * u**2).sum(dim=-1) - ((p * u).sum(dim=-1)) ** 2
+    return safe_sqrt(var.clamp_min(0).mean(dim=1))
