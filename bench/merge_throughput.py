@@ -4,9 +4,9 @@
    for the `tiny` preset on the CPU, with the structural loss alone and with the paper's mix
    (which runs the generated CNNs on query images). On a GPU, also the `seed` preset in
    bf16 autocast, with its peak memory.
-2. Generated CNNs evaluated per second: the batched functional forward (all CNNs in one
-   grouped-convolution call per layer) against a loop over single nn.Module CNNs, on the
-   same weights and images, and the ratio.
+2. Generated CNNs evaluated per second: the evaluation's batched prediction (the batched
+   functional forward over chunks of models × images) against a loop over single nn.Module
+   CNNs, on the same weights and images, and the ratio.
 
     .venv/bin/python bench/merge_throughput.py
 """
@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from wsmerge.cnn import CNN, N_PARAMS, batched_forward, unflatten
+from wsmerge.cnn import CNN, N_PARAMS, unflatten
+from wsmerge.evaluate import EvalConfig, predict
 from wsmerge.data import load_mnist
 from wsmerge.losses import LossContext, mix_loss, paper_mix, permute_neurons
 from wsmerge.model import TransformerAE, n_params, preset
@@ -68,8 +69,10 @@ def eval_rates(n_models: int, images: torch.Tensor, repeats: int) -> tuple[float
         m.load_state_dict(unflatten(w))
         modules.append(m)
 
+    chunk = EvalConfig().forward_chunk
+
     def batched():
-        batched_forward(weights, images, "relu").argmax(-1)
+        predict(weights, images, "relu", chunk)
 
     def loop():
         for m in modules:
@@ -87,11 +90,11 @@ def main() -> None:
     images = mnist.test.images[:2000]
 
     print(f"TransformerAE tiny preset ({n_params('tiny'):,} parameters), batch 32, CPU:")
-    structural = train_rate("tiny", {"mse": 1.0}, 32, "cpu", args.repeats, 64, images)
-    paper = train_rate("tiny", paper_mix(), 32, "cpu", args.repeats, 64, images)
+    structural = train_rate("tiny", {"mse": 1.0}, 32, "cpu", args.repeats, 8, images)
+    paper = train_rate("tiny", paper_mix(), 32, "cpu", args.repeats, 8, images)
     print(f"  mse only                                  {structural:8.1f} samples/s")
     print(f"  paper mix (contrastive+mse+behavioral,    {paper:8.1f} samples/s  ({paper / structural:.2f}x of mse only)")
-    print("             64 query images per pair)")
+    print("             8 query images per pair)")
 
     print(f"\ngenerated CNNs evaluated on {len(images)} test images each:")
     for n in (64, 256):
@@ -101,7 +104,7 @@ def main() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-        rate = train_rate("seed", {"mse": 1.0}, 64, "cuda", args.repeats, 64, images)
+        rate = train_rate("seed", {"mse": 1.0}, 64, "cuda", args.repeats, 8, images)
         peak = torch.cuda.max_memory_allocated() / 2**30
         print(f"\nseed preset ({n_params('seed'):,} parameters), bf16 autocast, batch 64, "
               f"{torch.cuda.get_device_name()}: {rate:.1f} samples/s, peak memory {peak:.1f} GiB")

@@ -94,6 +94,10 @@ def test_not_a_mapping():
         ({"nope": {}}, "unknown loss 'nope'"),
         ({"mse": {"x": 1}}, r"options\['mse'\].*unknown keys"),
         ({"wasserstein": {"method": "exact"}}, "method must be"),
+        ({"quantile": 0.9}, r"options\['quantile'\]: expected a mapping"),
+        ({"mel": {"n_mels": 64}}, "cover no FFT bin"),
+        ({"ms_fid": {"n_fft": 2464}}, "at least 2 STFT frames"),
+        ([("quantile", {})], "options must map loss names"),
     ],
 )
 def test_bad_options(options, match, pair):

@@ -207,7 +207,9 @@ def batched_forward(
     p = unflatten(weights)
     if images.dim() == 4:
         n = images.shape[0]
-        x = images.reshape(n, 1, 28, 28).expand(n, m, 28, 28)
+        # Shared images: the first layer is one ordinary convolution with M·8 output
+        # channels, much faster on a CPU than a grouped one over M copies of the input.
+        x = images.reshape(n, 1, 28, 28)
     elif images.dim() == 5:
         if images.shape[0] != m:
             raise ValueError(f"{m} weight vectors but {images.shape[0]} image batches")
@@ -220,7 +222,12 @@ def batched_forward(
     def drop(t):
         return F.dropout(t, dropout, training) if dropout > 0 else t
 
-    x = act(drop(F.max_pool2d(_grouped_conv(x, p["conv1.weight"], p["conv1.bias"]), 2)))
+    w1, b1 = p["conv1.weight"], p["conv1.bias"]
+    if images.dim() == 4:
+        x = F.conv2d(x, w1.reshape(m * 8, 1, 5, 5), b1.reshape(m * 8))
+    else:
+        x = _grouped_conv(x, w1, b1)
+    x = act(drop(F.max_pool2d(x, 2)))
     x = act(drop(F.max_pool2d(_grouped_conv(x, p["conv2.weight"], p["conv2.bias"]), 2)))
     x = act(_grouped_conv(x, p["conv3.weight"], p["conv3.bias"]))  # [N, M*4, 3, 3]
     x = x.reshape(n, m, 36).transpose(0, 1)  # [M, N, 36], channel-major as nn.Flatten

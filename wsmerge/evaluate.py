@@ -43,6 +43,7 @@ __all__ = [
     "catchup_steps",
     "evaluate_merges",
     "loss_accuracy_correlation",
+    "predict",
     "stability",
 ]
 
@@ -310,7 +311,7 @@ def _membership(sets: Sequence[tuple[int, ...]], device: torch.device) -> torch.
     return member.to(device)
 
 
-def _predict(
+def predict(
     weights: torch.Tensor, images: torch.Tensor, activation: str, chunk: int
 ) -> torch.Tensor:
     """argmax class [M, N] of M models on images [N, 1, 28, 28] they share or [M, N, 1, 28, 28]
@@ -356,7 +357,7 @@ def _predict_stack(
 ) -> torch.Tensor:
     """[n_methods, P, D] weights → [n_methods, P, N] predictions."""
     n_methods, n_pairs, d = stack.shape
-    return _predict(stack.reshape(-1, d), images, activation, chunk).view(n_methods, n_pairs, -1)
+    return predict(stack.reshape(-1, d), images, activation, chunk).view(n_methods, n_pairs, -1)
 
 
 def _numpy(d: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -477,7 +478,7 @@ def _finetune_group(tuned, activation, in1, in2, images, labels, acc0, train, cf
             if j == len(grid) - 1:
                 final[:, sel] = theta
                 continue
-            preds = torch.stack([_predict(t, own_images, activation, chunk) for t in theta])
+            preds = torch.stack([predict(t, own_images, activation, chunk) for t in theta])
             hit = preds == own_labels
             curves[:, sel, j] = _percent(hit, real[sel]).cpu().numpy()
     acc = _numpy(_accuracies(_predict_stack(final, images, activation, chunk), labels, in1, in2))

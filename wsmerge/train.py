@@ -63,8 +63,9 @@ class RunConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     # Query images per pair and step for the losses that run the CNNs (behavioral,
-    # jacobian, fisher), drawn from the training images of the pair's target classes.
-    query_images: int = 256
+    # jacobian, fisher), drawn from the training images of the pair's target classes:
+    # 8 a pair is the behavioral paper's 256 per batch of 32.
+    query_images: int = 8
     seed: int = 0
     device: str = "auto"  # auto: cuda when present
     progress: bool = True

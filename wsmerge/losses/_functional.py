@@ -71,7 +71,7 @@ def input_jacobian_products(
 
 @dataclass(frozen=True)
 class JacobianOptions:
-    queries: int = 2
+    queries: int = 1
     probes: int = 2
     seed: int | None = None
 
@@ -90,8 +90,8 @@ def jacobian(pred, target, ctx, opt):
     Differentiable in pred by double backward. ‖ΔJ‖_F² = E_v ‖vᵀΔJ‖² is estimated with
     `probes` Rademacher vectors v over the 10 logits (default 2; the same for both CNNs;
     fresh each call from torch's global generator, or from `seed` if set; 0 = exact, all ten
-    rows), which cuts the cost 5x; with
-    the default queries=2 per sample a batch stays within 50 ms."""
+    rows), which cuts the cost 5x. Default queries=1 per sample (32 images per batch of
+    32, fresh ones each batch if the caller draws them so) keeps a batch within 50 ms."""
     x = _queries(ctx.images, opt.queries)
     if opt.probes == 0:
         v, scale = torch.eye(10), 1.0
@@ -104,7 +104,7 @@ def jacobian(pred, target, ctx, opt):
 
 @dataclass(frozen=True)
 class FisherOptions:
-    queries: int = 8
+    queries: int = 4
 
     def __post_init__(self):
         _check_queries(self.queries)
@@ -122,7 +122,7 @@ def fisher(pred, target, ctx, opt):
     the mean over the query images. F is the full (not diagonal) Fisher of softmax outputs,
     Jᵀ(diag p − ppᵀ)J, with the model's own p (no labels needed, unlike the empirical Fisher),
     and is never formed: with u = JΔ from one forward-mode JVP, ΔᵀFΔ = mean_x Var_p(u).
-    Not symmetric (the metric is the target's). Default queries=8 per sample."""
+    Not symmetric (the metric is the target's). Default queries=4 per sample."""
     x = _queries(ctx.images, opt.queries)
     with forward_ad.dual_level():
         out = batched_forward(forward_ad.make_dual(target.detach(), pred - target.detach()), x, ctx.activation)

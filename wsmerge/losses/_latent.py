@@ -39,8 +39,8 @@ def latent(pred, target, ctx, opt):
     are; its value is scale-free, so comparable across encoders and epochs. The denominator
     is detached by default (option detach_baseline): otherwise the cheapest way to lower it
     is to push the inputs' latents away from the target's. (Detached, the gradient can also
-    shrink the latents, so mix it with a term that anchors them, e.g. `mse` or `behavioral`.) For a double encoder, E and h
-    are whatever the caller pairs (e.g. both encoders' latents concatenated). The report's
+    shrink the latents, so mix it with a term that anchors them, e.g. `mse` or `behavioral`.)
+    For a double encoder, E and h are whatever the caller pairs (e.g. both encoders' latents concatenated). The report's
     post-merge term L_Z (neck vs. a fusion of the target's own latent) does not involve the
     predicted weights and needs the fusion layer: it belongs to the model's training step."""
     z = ctx.encode(torch.cat([pred, target]))
@@ -90,7 +90,9 @@ def contractive(pred, target, ctx, opt):
         scale = 1.0 if opt.probes == 0 else 1.0 / opt.probes
         c = z.new_zeros(2 * b)
         for v in probes:
-            (g,) = torch.autograd.grad(z, w, grad_outputs=torch.cat([v, v]), retain_graph=True, create_graph=create_graph)
+            (g,) = torch.autograd.grad(
+                z, w, grad_outputs=torch.cat([v, v]), retain_graph=True, create_graph=create_graph
+            )
             c = c + scale * (g**2).sum(dim=1)
     return (c[:b] - c[b:]).abs()
 

@@ -41,6 +41,8 @@ def validate_mix(
         out[name] = float(w)
     if not any(out.values()):
         raise ValueError(f"all weights of the loss mix {out} are zero")
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"options must map loss names to option mappings, got {type(options).__name__}")
     for name, raw in (options or {}).items():
         _check_name(name)
         LOSSES[name].parse_options(raw)

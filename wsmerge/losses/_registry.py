@@ -46,7 +46,8 @@ class LossSpec:
 
     def parse_options(self, raw: Mapping[str, Any] | None) -> Any:
         """Options instance from a mapping; unknown keys or bad values raise ValueError."""
-        return from_dict(self.options, dict(raw or {}), f"options[{self.name!r}]")
+        raw = {} if raw is None else dict(raw) if isinstance(raw, Mapping) else raw
+        return from_dict(self.options, raw, f"options[{self.name!r}]")
 
 
 LOSSES: dict[str, LossSpec] = {}

@@ -40,6 +40,7 @@ class MelOptions:
             raise ValueError(f"need 2 <= n_fft <= {N_PARAMS}, hop >= 1, n_mels >= 1")
         if not self.sample_rate > 0:
             raise ValueError(f"sample_rate must be > 0, got {self.sample_rate}")
+        mel_filterbank(self.n_fft, self.n_mels, float(self.sample_rate))  # raises if a filter is empty
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class MsFidOptions(MelOptions):
         super().__post_init__()
         if not self.log_eps > 0:
             raise ValueError(f"log_eps must be > 0, got {self.log_eps}")
+        if (N_PARAMS - self.n_fft) // self.hop < 1:
+            raise ValueError("ms_fid needs at least 2 STFT frames: lower n_fft or hop")
 
 
 @functools.lru_cache(maxsize=8)
@@ -122,7 +125,5 @@ def ms_fid(pred, target, ctx, opt):
     magnitude and are far from Gaussian, their logs much less so. Computed in float64
     (16×16 eigendecompositions; float32 loses the trace term to rounding near equality)."""
     feats = [torch.log(mel_spectrogram(w.double(), opt) + opt.log_eps) for w in (pred, target)]
-    if feats[0].shape[1] < 2:
-        raise ValueError("ms_fid needs at least 2 STFT frames: lower n_fft or hop")
     value = _frechet(*_gaussian(feats[0]), *_gaussian(feats[1]))
     return value.to(pred.dtype)

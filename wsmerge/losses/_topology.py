@@ -150,8 +150,8 @@ def bottleneck(pred, target, ctx, opt):
     the (at most two) critical weights of pred.
 
     Bounded cost: each diagram is cut to its top_k most persistent points (option, default
-    32; a random vector has about 800; 0 = all). gudhi takes about 50 ms per full-size pair
-    here, 1.7 s per batch. By stability, the cut moves the distance by at most half the
+    32; a random vector has about 800; 0 = all). gudhi takes 50–90 ms per full-size pair
+    here, about 2.8 s per batch. By stability, the cut moves the distance by at most half the
     largest persistence it drops from either diagram: the loss sees the prominent features."""
     b, n = pred.shape
     both = torch.cat([pred, target], dim=1)  # one gather source for the critical edges
