@@ -5,8 +5,9 @@
    (which runs the generated CNNs on query images). On a GPU, also the `seed` preset in
    bf16 autocast, with its peak memory.
 2. Generated CNNs evaluated per second: the evaluation's batched prediction (the batched
-   functional forward over chunks of models × images) against a loop over single nn.Module
-   CNNs, on the same weights and images, and the ratio.
+   functional forward over chunks of models × images, `wsmerge.evaluate.default_chunk`)
+   against a loop over single nn.Module CNNs, on the same weights and images, and the
+   median ratio of rounds that alternate between the two.
 
     .venv/bin/python bench/merge_throughput.py
 """
@@ -14,19 +15,21 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
 from wsmerge.cnn import CNN, N_PARAMS, unflatten
-from wsmerge.evaluate import EvalConfig, predict
+from wsmerge.evaluate import predict
 from wsmerge.data import load_mnist
 from wsmerge.losses import LossContext, mix_loss, paper_mix, permute_neurons
 from wsmerge.model import TransformerAE, n_params, preset
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _timed(fn, repeats: int, warm: bool = True) -> float:
+    if warm:
+        fn()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
@@ -61,7 +64,10 @@ def train_rate(preset_name: str, mix: dict[str, float], batch: int, device: str,
 
 
 @torch.no_grad()
-def eval_rates(n_models: int, images: torch.Tensor, repeats: int) -> tuple[float, float]:
+def eval_rates(n_models: int, images: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """CNN/s of the batched prediction and of the module loop, and the median of their
+    per-round ratios: the two alternate round by round, so a busy spell on this shared
+    machine hits both."""
     weights = 0.1 * torch.randn(n_models, N_PARAMS)
     modules = []
     for w in weights:
@@ -69,16 +75,20 @@ def eval_rates(n_models: int, images: torch.Tensor, repeats: int) -> tuple[float
         m.load_state_dict(unflatten(w))
         modules.append(m)
 
-    chunk = EvalConfig().forward_chunk
-
     def batched():
-        predict(weights, images, "relu", chunk)
+        predict(weights, images, "relu")
 
     def loop():
         for m in modules:
             m(images).argmax(-1)
 
-    return n_models / _timed(batched, repeats), n_models / _timed(loop, repeats)
+    batched(), loop()  # warm-up
+    fast, slow = [], []
+    for _ in range(repeats):
+        fast.append(_timed(batched, 1, warm=False))
+        slow.append(_timed(loop, 1, warm=False))
+    ratio = statistics.median(s / f for f, s in zip(fast, slow))
+    return n_models / statistics.median(fast), n_models / statistics.median(slow), ratio
 
 
 def main() -> None:
@@ -98,9 +108,9 @@ def main() -> None:
 
     print(f"\ngenerated CNNs evaluated on {len(images)} test images each:")
     for n in (64, 256):
-        fast, slow = eval_rates(n, images, max(2, args.repeats // 3))
+        fast, slow, ratio = eval_rates(n, images, max(3, args.repeats // 2))
         print(f"  {n:4d} CNNs: batched forward {fast:8.1f} CNN/s, loop over modules {slow:8.1f} CNN/s, "
-              f"ratio {fast / slow:.2f}")
+              f"ratio {ratio:.2f}")
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -391,6 +391,38 @@ def test_deterministic_and_leaves_inputs_alone(zoo):
         assert torch.equal(w, b)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 300, 10**6])
+def test_predict_matches_the_module_whatever_the_chunk(zoo, chunk):
+    images = zoo["mnist"].val.images[:150]
+    weights = torch.stack([zoo["w1"], zoo["w2"], zoo["w3"], zoo["init"]])
+    expected = []
+    for w in weights:
+        net = CNN("relu").eval()
+        net.load_state_dict(unflatten(w))
+        with torch.no_grad():
+            expected.append(net(images).argmax(-1))
+    torch.testing.assert_close(evaluate.predict(weights, images, "relu", chunk), torch.stack(expected))
+    own = images.view(3, 50, 1, 28, 28)  # model i sees images 50·i … 50·i + 49
+    torch.testing.assert_close(
+        evaluate.predict(weights[:3], own, "relu", chunk),
+        torch.stack([expected[i][50 * i : 50 * (i + 1)] for i in range(3)]),
+    )
+
+
+def test_results_do_not_depend_on_the_forward_chunk(zoo):
+    cfg = EvalConfig(images_per_class=20, finetune_steps=6, finetune_eval_every=3, bootstrap=0)
+    weights = [torch.stack([zoo[k], zoo["init"], zoo["w1"]]) for k in ("w3", "w1", "w2", "w3")]
+    frames = [
+        evaluate_merges(
+            *weights, [C1] * 3, [C2] * 3, ["relu"] * 3, zoo["mnist"].val, zoo["mnist"].train,
+            EvalConfig(**{**cfg.to_dict(), "forward_chunk": chunk}),
+        ).per_pair
+        for chunk in (None, 50, 10**6)
+    ]
+    for f in frames[1:]:
+        pd.testing.assert_frame_equal(frames[0], f, atol=1e-3, rtol=0)
+
+
 def test_accepts_generated_weights_that_require_grad(zoo):
     generated = zoo["w3"][None].clone().requires_grad_(True)
     cfg = EvalConfig(images_per_class=20, finetune_steps=2, finetune_eval_every=1, bootstrap=0)

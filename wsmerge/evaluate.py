@@ -41,6 +41,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "catchup_steps",
+    "default_chunk",
     "evaluate_merges",
     "loss_accuracy_correlation",
     "predict",
@@ -88,9 +89,8 @@ class EvalConfig:
     bootstrap: int = 1000  # resamples for the correlation CIs; 0 = no CI
     ci: float = 0.95
     seed: int = 0
-    # Model×image evaluations per forward call. It bounds memory: the first convolution's
-    # output alone takes 18 KB per model×image in float32.
-    forward_chunk: int = 32768
+    # Model×image evaluations per forward call; None: by device (see `default_chunk`).
+    forward_chunk: int | None = None
 
     def __post_init__(self):
         ipc = self.images_per_class
@@ -106,7 +106,9 @@ class EvalConfig:
             "bootstrap": _int_field("bootstrap", self.bootstrap, 0),
             "ci": _float_field("ci", self.ci, 0.0, 1.0, open_low=True),
             "seed": _int_field("seed", self.seed, 0),
-            "forward_chunk": _int_field("forward_chunk", self.forward_chunk, 1),
+            "forward_chunk": None
+            if self.forward_chunk is None
+            else _int_field("forward_chunk", self.forward_chunk, 1),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -311,16 +313,32 @@ def _membership(sets: Sequence[tuple[int, ...]], device: torch.device) -> torch.
     return member.to(device)
 
 
+def default_chunk(device: torch.device | str) -> int:
+    """Model×image evaluations per forward call on `device`.
+
+    The first convolution's output takes 18 KB per model×image in float32. A GPU wants large
+    calls (32768: 600 MB); a CPU is bound by memory traffic, and calls whose activations stay
+    near its caches (1024: 18 MB) run the batched forward faster than a loop over models
+    (bench/merge_throughput.py), where 32768 ran it slower.
+    """
+    return 32768 if torch.device(device).type == "cuda" else 1024
+
+
 def predict(
-    weights: torch.Tensor, images: torch.Tensor, activation: str, chunk: int
+    weights: torch.Tensor, images: torch.Tensor, activation: str, chunk: int | None = None
 ) -> torch.Tensor:
     """argmax class [M, N] of M models on images [N, 1, 28, 28] they share or [M, N, 1, 28, 28]
-    of their own; -1 (never a label) where a model's logits are not finite."""
+    of their own; -1 (never a label) where a model's logits are not finite.
+
+    Each forward call takes up to `chunk` model×images (None: `default_chunk`), as many
+    images as fit and then as many models: one model's images share the first convolution.
+    """
     own = images.dim() == 5
     m_all, n_all = weights.shape[0], images.shape[1 if own else 0]
     out = torch.empty(m_all, n_all, dtype=torch.long, device=weights.device)
-    m_step = min(m_all, chunk)
-    n_step = max(1, chunk // m_step)
+    chunk = chunk or default_chunk(weights.device)
+    n_step = min(n_all, chunk)
+    m_step = max(1, chunk // n_step)
     for m0 in range(0, m_all, m_step):
         ms = slice(m0, m0 + m_step)
         for n0 in range(0, n_all, n_step):
@@ -457,7 +475,8 @@ def _finetune_group(tuned, activation, in1, in2, images, labels, acc0, train, cf
     """Fine-tune tuned [n_methods, P, D] of one activation; acc0 [n_methods, P] is acc_in at step 0.
     Returns the acc_in curves [n_methods, P, len(grid)] and the ft_* metrics [n_methods, P]."""
     n_methods, n_pairs, _ = tuned.shape
-    chunk, device = cfg.forward_chunk, tuned.device
+    device = tuned.device
+    chunk = cfg.forward_chunk or default_chunk(device)
     grid = _step_grid(cfg)
     curves = np.full((n_methods, n_pairs, len(grid)), np.nan)
     curves[..., 0] = acc0

@@ -60,6 +60,10 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4
+    # Optimizer steps over which the learning rate rises linearly from lr/warmup_steps to lr:
+    # Adam's first steps, taken on barely estimated second moments, otherwise move every
+    # generated weight at once and the behavioral loss on their logits spikes.
+    warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     # Query images per pair and step for the losses that run the CNNs (behavioral,
@@ -85,8 +89,10 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.val_finetune_steps, int) or self.val_finetune_steps < 0:
-            raise ValueError(f"val_finetune_steps must be an integer >= 0, got {self.val_finetune_steps!r}")
+        for name in ("val_finetune_steps", "warmup_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
         for name in ("lr", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -229,7 +235,7 @@ def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- train
 
 
-def _train_epoch(cfg, model, opt, data, gen, device, bar) -> dict[str, float]:
+def _train_epoch(cfg, model, opt, sched, data, gen, device, bar) -> dict[str, float]:
     model.train()
     w1_all, w2_all, w3_all = data.pairs.tensors("train", data.weights)
     meta = data.pairs.meta("train")
@@ -245,6 +251,7 @@ def _train_epoch(cfg, model, opt, data, gen, device, bar) -> dict[str, float]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        sched.step()
         n = len(rows)
         sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
         for k, v in terms.items():
@@ -331,12 +338,14 @@ def train(
     model = TransformerAE(cfg.model).to(device)
     model.set_normalization(data.weights[torch.from_numpy(np.unique(np.concatenate(data.pairs.indices("train"))))])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(cfg.warmup_steps, 1)))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
     start_epoch = 1
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         opt.load_state_dict(checkpoint["optimizer"])
+        sched.load_state_dict(checkpoint["scheduler"])
         _set_rng_state(checkpoint["rng"], gen)
         history = json.loads(checkpoint["history"])
         start_epoch = int(checkpoint["epoch"]) + 1
@@ -347,13 +356,15 @@ def train(
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
-            metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, data, gen, device, bar)}
+            metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, sched, data, gen, device, bar)}
             metrics["train/seconds"] = time.perf_counter() - t0
+            metrics["train/lr"] = opt.param_groups[0]["lr"]
             # The RNG state is taken before validation, which draws nothing from it, so a
             # resumed run starts its next epoch from the very same state.
             state = _rng_state(gen)
             _, val = _evaluate(cfg, model, data, "val", device, val_cfg)
             metrics.update({f"val/{k}": v for k, v in val.items()})
+            metrics["val/seconds"] = time.perf_counter() - t0 - metrics["train/seconds"]
             history.append(metrics)
             saved = {
                 "format": _FORMAT,
@@ -361,6 +372,7 @@ def train(
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
                 "rng": state,
                 "history": json.dumps(history),
             }
