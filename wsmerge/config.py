@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import yaml
 
-__all__ = ["from_dict", "from_dict_with_base", "read_yaml"]
+__all__ = ["check_int", "check_number", "from_dict", "from_dict_with_base", "read_yaml"]
 
 T = TypeVar("T")
 
@@ -55,3 +57,27 @@ def from_dict_with_base(cls: type[T], d: Any, where: str, key: str, named: Calla
             raise ValueError(f"{where}: {e}") from None
         d = {**base.to_dict(), **d}
     return from_dict(cls, d, where)
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """`value` as an int >= minimum, or an error naming `name` (bools are not integers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value}")
+    return int(value)
+
+
+def check_number(
+    value: Any, name: str, low: float, high: float = math.inf, *, open_low: bool = False
+) -> float:
+    """`value` as a finite float in [low, high) ((low, high) if open_low), or an error naming
+    `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < low or (open_low and value == low) or value >= high:
+        raise ValueError(f"{name} must be in {'(' if open_low else '['}{low}, {high}), got {value}")
+    return float(value)

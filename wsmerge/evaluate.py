@@ -20,7 +20,6 @@ through one batched functional forward (`wsmerge.cnn.batched_forward`).
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from wsmerge.cnn import N_PARAMS, batched_forward, check_activation
-from wsmerge.config import from_dict
+from wsmerge.config import check_int, check_number, from_dict
 from wsmerge.data import N_CLASSES, Split, check_classes
 
 __all__ = [
@@ -53,25 +52,6 @@ METHODS: tuple[str, ...] = ("generated", "copy1", "copy2", "average", "task_arit
 # Columns of `EvalResult.per_pair` that `summary()` averages over pairs.
 _PRED_METRICS = ("acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement")
 _FT_METRICS = ("ft_acc_in", "ft_acc_out", "ft_drop")
-
-
-def _int_field(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"EvalConfig.{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"EvalConfig.{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _float_field(
-    name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"EvalConfig.{name} must be a finite number, got {value!r}")
-    if value < low or (open_low and value == low) or value >= high:
-        bounds = f"{'(' if open_low else '['}{low}, {high})"
-        raise ValueError(f"EvalConfig.{name} must lie in {bounds}, got {value}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -95,20 +75,20 @@ class EvalConfig:
     def __post_init__(self):
         ipc = self.images_per_class
         checked = {
-            "images_per_class": None if ipc is None else _int_field("images_per_class", ipc, 1),
-            "finetune_steps": _int_field("finetune_steps", self.finetune_steps, 0),
-            "finetune_lr": _float_field("finetune_lr", self.finetune_lr, 0.0, open_low=True),
-            "finetune_batch": _int_field("finetune_batch", self.finetune_batch, 1),
-            "finetune_eval_every": _int_field("finetune_eval_every", self.finetune_eval_every, 1),
-            "stability_tolerance": _float_field(
-                "stability_tolerance", self.stability_tolerance, 0.0, open_low=False
+            "images_per_class": None if ipc is None else check_int(ipc, "EvalConfig.images_per_class", 1),
+            "finetune_steps": check_int(self.finetune_steps, "EvalConfig.finetune_steps", 0),
+            "finetune_lr": check_number(self.finetune_lr, "EvalConfig.finetune_lr", 0, open_low=True),
+            "finetune_batch": check_int(self.finetune_batch, "EvalConfig.finetune_batch", 1),
+            "finetune_eval_every": check_int(self.finetune_eval_every, "EvalConfig.finetune_eval_every", 1),
+            "stability_tolerance": check_number(
+                self.stability_tolerance, "EvalConfig.stability_tolerance", 0
             ),
-            "bootstrap": _int_field("bootstrap", self.bootstrap, 0),
-            "ci": _float_field("ci", self.ci, 0.0, 1.0, open_low=True),
-            "seed": _int_field("seed", self.seed, 0),
+            "bootstrap": check_int(self.bootstrap, "EvalConfig.bootstrap", 0),
+            "ci": check_number(self.ci, "EvalConfig.ci", 0, 1, open_low=True),
+            "seed": check_int(self.seed, "EvalConfig.seed", 0),
             "forward_chunk": None
             if self.forward_chunk is None
-            else _int_field("forward_chunk", self.forward_chunk, 1),
+            else check_int(self.forward_chunk, "EvalConfig.forward_chunk", 1),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -209,10 +189,8 @@ def loss_accuracy_correlation(
     x, y = (_to_numpy(v) for v in (loss, acc))
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"loss and acc must be 1-D of one length, got {x.shape} and {y.shape}")
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must lie in (0, 1), got {ci}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 0:
-        raise ValueError(f"n_boot must be an integer >= 0, got {n_boot!r}")
+    check_number(ci, "ci", 0, 1, open_low=True)
+    check_int(n_boot, "n_boot", 0)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     enough = len(x) >= 3

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsmerge.cnn import N_PARAMS
-from wsmerge.config import from_dict_with_base
+from wsmerge.config import check_int, check_number, from_dict_with_base
 
 __all__ = [
     "BIG_TOKEN",
@@ -130,21 +130,13 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "neck"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"model.{name} must be an integer, got {v!r}")
-            if v < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {v}")
+            check_int(getattr(self, name), f"model.{name}", 1)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model}); "
                 f"each head gets d_model / n_heads dimensions"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ValueError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "dropout", check_number(self.dropout, "model.dropout", 0, 1))
         if self.head not in HEADS:
             raise ValueError(f"model.head must be one of {list(HEADS)}, got {self.head!r}")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wsmerge.config import from_dict, read_yaml
+from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.data import MNIST, Split, load_mnist
 from wsmerge.evaluate import EvalConfig, evaluate_merges
 from wsmerge.files import atomic_write
@@ -86,19 +85,12 @@ class RunConfig:
             raise ValueError(f"losses must be a mapping name -> weight, got {type(self.losses).__name__}")
         set_("losses", validate_mix(self.losses, self.loss_options))
         for name in ("epochs", "batch_size", "query_images"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+            check_int(getattr(self, name), name, 1)
         for name in ("val_finetune_steps", "warmup_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+            check_int(getattr(self, name), name, 0)
         for name in ("lr", "grad_clip"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
-        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+            check_number(getattr(self, name), name, 0, open_low=True)
+        check_number(self.weight_decay, "weight_decay", 0, 1)
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
