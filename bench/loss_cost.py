@@ -45,20 +45,22 @@ VARIANTS: list[tuple[str, dict, int, str]] = [
 
 def context() -> LossContext:
     g = torch.Generator().manual_seed(0)
-    encoder = torch.nn.Sequential(
-        torch.nn.Linear(N_PARAMS, 256), torch.nn.GELU(), torch.nn.Linear(256, LATENT), torch.nn.Tanh()
-    )
+    encoders = [
+        torch.nn.Sequential(
+            torch.nn.Linear(N_PARAMS, 256), torch.nn.GELU(), torch.nn.Linear(256, LATENT), torch.nn.Tanh()
+        )
+        for _ in range(2)
+    ]
+    to_neck = torch.nn.Linear(2 * LATENT, NECK)
     sources = tuple(torch.randn(BATCH, N_PARAMS, generator=g) * 0.1 for _ in range(2))
-    with torch.no_grad():
-        latents = tuple(encoder(w) for w in sources)
     return LossContext(
         activation="relu",
         images=torch.rand(BATCH, QUERIES, 1, 28, 28, generator=g),
         sources=sources,
-        latents=latents,
         neck=torch.randn(BATCH, NECK, generator=g),
         neck_aug=torch.randn(BATCH, NECK, generator=g),
-        encode=encoder,
+        encode=lambda w, k: encoders[k](w),
+        fuse=lambda h1, h2: torch.tanh(to_neck(torch.cat([h1, h2], dim=1))),
     )
 
 
@@ -180,8 +182,8 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. "
         f"Batch of {BATCH} (pred, target) pairs of {N_PARAMS} weights (targets at the zoo's "
         f"kaiming_uniform scale); context: {QUERIES} query images per sample, latents d={LATENT} "
-        f"from a 2464→256→{LATENT} MLP encoder (a stand-in: `latent` and `contractive` scale with the "
-        f"real encoder's cost), neck {NECK}. Median of several runs after warm-up; `mse` measured "
+        f"from two 2464→256→{LATENT} MLP encoders (stand-ins: `latent` and `contractive` scale with the "
+        f"real encoders' cost), neck {NECK}. Median of several runs after warm-up; `mse` measured "
         f"in the same run ({mse:.3f} ms) for the ratio. The machine is shared ({load}): each "
         "row waits until no other process is runnable, keeps only runs during which none was "
         "seen, and says so where it had to settle for busy ones.\n\n"

@@ -50,8 +50,8 @@ def train_rate(preset_name: str, mix: dict[str, float], batch: int, device: str,
         with autocast:
             out = model(w1, w2)
             aug = model(permute_neurons(w1, gen), permute_neurons(w2, gen)).neck if "contrastive" in mix else None
-        ctx = LossContext(activation="relu", images=q, sources=(w1, w2), latents=out.latents,
-                          neck=out.neck, neck_aug=aug)
+        ctx = LossContext(activation="relu", images=q, sources=(w1, w2), neck=out.neck, neck_aug=aug,
+                          encode=model.encode, fuse=model.fuse, project=model.project, generator=gen)
         total, _ = mix_loss(out.weights.float(), w3, mix, ctx)
         opt.zero_grad(set_to_none=True)
         total.mean().backward()

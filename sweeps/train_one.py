@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t = result.test
-    print(f"\ntest pairs ({int(t['n_pairs'])}, targets never seen in training), written to {result.out}:")
+    scales = ", ".join(f"{k} /{v:.4g}" for k, v in result.scales.items())
+    print(f"\nloss scales: {scales}")
+    print(f"tested: the model of epoch {result.best_epoch} of {len(result.history)} (best validation acc_in)")
+    print(f"test pairs ({int(t['n_pairs'])}, targets never seen in training), written to {result.out}:")
     print(results_table(t))
     corr = " ".join(f"{k} {t[f'corr/{k}']:+.2f} [{t[f'corr/{k}_lo']:+.2f}, {t[f'corr/{k}_hi']:+.2f}]"
                     for k in ("spearman", "pearson", "kendall") if f"corr/{k}" in t)

@@ -123,6 +123,8 @@ def _forcing(digit):
         ("ci", 0.0),
         ("seed", "0"),
         ("forward_chunk", 0),
+        ("collapse_tol", -0.1),
+        ("collapse_tol", float("nan")),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -200,6 +202,7 @@ def test_diverged_weights_count_as_wrong(zoo):
     res = _run(zoo, [torch.full((N_PARAMS,), float("nan"))])
     row = _row(res, 0, "generated")
     assert row["acc_in"] == 0.0 and row["agreement"] == 0.0
+    assert row["collapsed"] and math.isnan(row["logit_spread"])
 
 
 def test_forgetting_is_zero_for_the_parents_on_their_own_classes(zoo):
@@ -239,6 +242,55 @@ def test_task_arithmetic_needs_init(zoo):
     res = _run(zoo, [zoo["w3"]], init=None)
     assert "task_arithmetic" not in set(res.per_pair["method"])
     assert not any(k.startswith("task_arithmetic/") for k in res.summary())
+
+
+# ---------------------------------------------------------------------------- collapse
+
+
+def _c3_logits(w, split, act="relu"):
+    """Logits [n, 10] of the module CNN on the first PER_CLASS images of each C3 class."""
+    net = CNN(act).eval()
+    net.load_state_dict(unflatten(w.clone()))
+    with torch.no_grad():
+        return net(split.images[split.indices(C3, PER_CLASS)]).double().numpy()
+
+
+def _flat_head(w):
+    """w with its last layer shrunk 1e5-fold and no bias: its answers still vary from image to
+    image, but its logits barely move."""
+    w = w.clone()
+    s = layer_slices()
+    w[s["fc2.weight"]] *= 1e-5
+    w[s["fc2.bias"]] = 0.0
+    return w
+
+
+def test_collapse_flags_one_answer_and_flat_logits_as_numpy_counts_them(zoo):
+    w1, w2, w3, init = (zoo[k] for k in ("w1", "w2", "w3", "init"))
+    generated = [_forcing(1), _flat_head(w3), w3, init, (w1 + w2) / 2]
+    res = _run(zoo, generated)
+    gen = res.per_pair.query("method == 'generated'")
+    logits = [_c3_logits(w, zoo["mnist"].val) for w in generated]
+    spread = [x.std(axis=0).mean() for x in logits]
+    answers = [len(np.unique(x.argmax(1))) for x in logits]
+    np.testing.assert_allclose(gen["logit_spread"], spread, rtol=1e-4, atol=1e-12)
+    assert answers[0] == 1 and answers[1] > 1 and spread[1] < NO_FT.collapse_tol  # two ways to collapse
+    collapsed = [a == 1 or s < NO_FT.collapse_tol for a, s in zip(answers, spread, strict=True)]
+    assert gen["collapsed"].tolist() == collapsed == [True, True, False, False, False]
+    summary = res.summary()
+    assert summary["generated/collapsed_share"] == pytest.approx(np.mean(collapsed))
+    assert summary["generated/logit_spread"] == pytest.approx(np.mean(spread), rel=1e-4)
+    baselines = {
+        "copy1": w1, "copy2": w2, "average": (w1 + w2) / 2, "task_arithmetic": w1 + w2 - init, "target": w3
+    }
+    for method, w in baselines.items():
+        x = _c3_logits(w, zoo["mnist"].val)
+        flagged = len(np.unique(x.argmax(1))) == 1 or x.std(axis=0).mean() < NO_FT.collapse_tol
+        assert summary[f"{method}/collapsed_share"] == float(flagged), method
+    # collapse_tol 0 turns off the spread test only.
+    exact = _run(zoo, generated, cfg=EvalConfig(**{**NO_FT.to_dict(), "collapse_tol": 0.0}))
+    collapsed = exact.per_pair.query("method == 'generated'")["collapsed"].tolist()
+    assert collapsed == [True, False, False, False, False]
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -447,6 +499,9 @@ def test_summary_keys(zoo):
         "generated/catchup_steps",
         "generated/catchup_rate",
         "generated/ft_stable_rate",
+        "generated/collapsed_share",
+        "generated/logit_spread",
+        "target/collapsed_share",
         "average/ft_acc_in",
         "task_arithmetic/acc_in",
         "target/acc_in",

@@ -39,8 +39,19 @@ def test_public_api():
         "permute_neurons", "required_context", "validate_mix",
     }
     ctx = LossContext()
-    assert ctx.options == {} and ctx.activation is None and ctx.images is None
+    assert ctx.options == {}
+    unset = ("activation", "images", "sources", "neck", "neck_aug", "encode", "fuse", "project", "generator")
+    assert all(getattr(ctx, f) is None for f in unset)
     assert LossContext().options is not ctx.options
+
+
+def test_optional_context_fields_cannot_be_needed():
+    from wsmerge.losses._registry import register
+
+    for field in ("project", "generator"):
+        with pytest.raises(AssertionError, match="unknown context fields"):
+            register("never_registered", needs=(field,))
+    assert "never_registered" not in LOSSES
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -98,6 +109,8 @@ def test_not_a_mapping():
         ({"mel": {"n_mels": 64}}, "cover no FFT bin"),
         ({"ms_fid": {"n_fft": 2464}}, "at least 2 STFT frames"),
         ([("quantile", {})], "options must map loss names"),
+        ({"behavioral": {"output": "softmax"}}, r"output must be one of \['probs', 'logits'\]"),
+        ({"ar_mse": {"floor": -0.1}}, "floor >= 0"),
     ],
 )
 def test_bad_options(options, match, pair):
@@ -137,6 +150,16 @@ def test_missing_context_names_loss_and_field(pair):
         mix_loss(*pair, {"behavioral": 1.0}, LossContext(activation="relu"))
 
 
+def _latent_ctx(**changes):
+    ok = dict(
+        encode=lambda w, k: w[:, :4],
+        fuse=lambda a, b: a + b,
+        sources=(torch.zeros(B, N_PARAMS), torch.zeros(B, N_PARAMS)),
+        neck=torch.zeros(B, 4),
+    )
+    return LossContext(**{**ok, **changes})
+
+
 @pytest.mark.parametrize(
     "ctx, loss, match",
     [
@@ -144,9 +167,13 @@ def test_missing_context_names_loss_and_field(pair):
         (LossContext(activation="relu", images=torch.zeros(2, 28, 28)), "behavioral", "images must be"),
         (LossContext(activation="relu", images=torch.zeros(B + 1, 2, 1, 28, 28)), "behavioral", "images must be"),
         (LossContext(activation="relu", images=torch.zeros(0, 1, 28, 28)), "behavioral", "N>0"),
-        (LossContext(encode=lambda w: w, latents=(torch.zeros(B, 4), torch.zeros(B, 5))), "latent", "latents"),
-        (LossContext(encode=3, latents=(torch.zeros(B, 4), torch.zeros(B, 4))), "latent", "callable"),
+        (_latent_ctx(encode=3), "latent", "encode must be callable"),
+        (_latent_ctx(fuse="tanh"), "latent", "fuse must be callable"),
+        (_latent_ctx(sources=(torch.zeros(B, N_PARAMS), torch.zeros(B, 5))), "latent", r"two \[3, 2464\]"),
+        (_latent_ctx(sources=torch.zeros(B, N_PARAMS)), "latent", "sources must be two"),
         (LossContext(neck=torch.zeros(B, 4), neck_aug=torch.zeros(B + 1, 4)), "contrastive", "neck_aug"),
+        (LossContext(neck=torch.zeros(B, 4), neck_aug=torch.zeros(B, 4), project=3), "contrastive", "project must"),
+        (LossContext(generator=0), "mse", "generator must be a torch.Generator"),
     ],
 )
 def test_malformed_context(ctx, loss, match, pair):
@@ -171,8 +198,9 @@ def test_total_is_weighted_sum_of_unweighted_terms(pair):
 def test_required_context():
     assert required_context({"mse": 1.0}) == set()
     assert required_context({"behavioral": 1.0, "latent": 1.0, "fft": 2.0}) == {
-        "activation", "images", "encode", "latents"
+        "activation", "images", "encode", "fuse", "sources", "neck"
     }
+    assert required_context({"contractive": 1.0}) == {"encode"}
     assert required_context({"mse": 1.0, "behavioral": 0.0}) == set()
     assert required_context(paper_mix()) == {"activation", "images", "neck", "neck_aug"}
     with pytest.raises(ValueError, match="unknown loss"):

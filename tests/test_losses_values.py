@@ -23,7 +23,7 @@ from wsmerge.cnn import CNN, LAYER_SHAPES, N_PARAMS, unflatten
 from wsmerge.losses import LOSSES, LossContext, mix_loss
 from wsmerge.losses._topology import sublevel_pairs
 
-B, N_IMAGES, D_LATENT, ACT = 3, 4, 8, "tanh"
+B, N_IMAGES, D_LATENT, D_NECK, ACT = 3, 4, 8, 16, "tanh"
 
 # geomloss (imported by the Sinkhorn option) uses torch.jit.script, deprecated in torch 2.13.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -43,32 +43,55 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _linear(n_in, n_out, seed, gain=1.0):
+    lin = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        lin.weight.copy_(_rand(n_out, n_in, seed=seed) * gain / math.sqrt(n_in))
+        lin.bias.copy_(_rand(n_out, seed=seed + 1) * 0.1)
+    return lin
+
+
+# Stand-ins for the model's two encoders and its fusion layer, with numpy twins below. The
+# gain puts the tanh in its curved range, where the encoders' Jacobians depend on the input.
+ENCODERS = [torch.nn.Sequential(_linear(N_PARAMS, D_LATENT, seed, gain=5.0), torch.nn.Tanh()) for seed in (10, 12)]
+TO_NECK = _linear(2 * D_LATENT, D_NECK, 14)
+NETS = [*ENCODERS, TO_NECK]
+
+
+def _encode(w, k):
+    return ENCODERS[k](w)
+
+
+def _fuse(h1, h2):
+    return torch.tanh(TO_NECK(torch.cat([h1, h2], dim=1)))
+
+
 @pytest.fixture(scope="module")
 def data():
     torch.manual_seed(0)
     target = _rand(B, N_PARAMS, seed=1) * 0.1
     pred = target + _rand(B, N_PARAMS, seed=2) * 0.05
-    enc = torch.nn.Sequential(torch.nn.Linear(N_PARAMS, D_LATENT), torch.nn.Tanh())
-    w1, w2 = _rand(B, N_PARAMS, seed=3) * 0.1, _rand(B, N_PARAMS, seed=4) * 0.1
-    with torch.no_grad():
-        latents = (enc(w1), enc(w2))
     ctx = LossContext(
         activation=ACT,
         images=torch.rand(B, N_IMAGES, 1, 28, 28, generator=torch.Generator().manual_seed(5)),
-        sources=(w1, w2),
-        latents=latents,
-        neck=_rand(B, 16, seed=6),
-        neck_aug=_rand(B, 16, seed=7),
-        encode=enc,
+        sources=(_rand(B, N_PARAMS, seed=3) * 0.1, _rand(B, N_PARAMS, seed=4) * 0.1),
+        neck=_rand(B, D_NECK, seed=6),
+        neck_aug=_rand(B, D_NECK, seed=7),
+        encode=_encode,
+        fuse=_fuse,
         # Fixed probes, so that repeated calls (symmetry, no_grad) see the same estimate.
         options={"jacobian": {"seed": 0}, "contractive": {"seed": 0}},
     )
     return pred, target, ctx
 
 
+def _with(ctx, **changes):
+    return LossContext(**{**ctx.__dict__, **changes})
+
+
 def _value(name, pred, target, ctx, options=None):
     if options is not None:
-        ctx = LossContext(**{**ctx.__dict__, "options": {name: options}})
+        ctx = _with(ctx, options={name: options})
     return mix_loss(pred, target, {name: 1.0}, ctx)[1][name]
 
 
@@ -105,9 +128,12 @@ def ref_mape(p, t, ctx, eps=1e-2):
     return 100 * np.mean(np.abs(_np(p) - _np(t)) / (np.abs(_np(t)) + eps), axis=1)
 
 
-def ref_ar_mse(p, t, ctx, lam=0.5, eps=1e-6):
-    seg = [((_np(p)[:, s] - _np(t)[:, s]) ** 2).mean(1) for s in _ref_segments()]
-    return seg[0] + sum(lam * seg[k] / (seg[k - 1] + eps) for k in range(1, len(seg)))
+def ref_ar_mse(p, t, ctx, lam=0.5, floor=1e-2, eps=1e-12):
+    """Per sample: L_1,b + λ Σ_k L_k,b / (mean_b L_k−1,b + floor · mean_b ms(t_k) + eps)."""
+    seg = np.stack([((_np(p)[:, s] - _np(t)[:, s]) ** 2).mean(1) for s in _ref_segments()], axis=1)
+    ms = np.array([(_np(t)[:, s] ** 2).mean() for s in _ref_segments()])
+    den = seg.mean(0)[:-1] + floor * ms[1:] + eps
+    return seg[:, 0] + lam * (seg[:, 1:] / den).sum(1)
 
 
 def ref_layerwise(p, t, ctx):
@@ -241,10 +267,13 @@ def _module(w):
     return m.eval()
 
 
-def ref_behavioral(p, t, ctx):
-    x = ctx.images
-    with torch.no_grad():
-        return np.array([((_module(p[i])(x[i]) - _module(t[i])(x[i])) ** 2).mean().item() for i in range(B)])
+def ref_behavioral(p, t, ctx, output="probs"):
+    def f(w, x):
+        with torch.no_grad():
+            logits = _np(_module(w)(x))
+        return logits if output == "logits" else _softmax(logits)
+
+    return np.array([((f(p[i], ctx.images[i]) - f(t[i], ctx.images[i])) ** 2).mean() for i in range(B)])
 
 
 def ref_jacobian(p, t, ctx, queries=1):
@@ -276,26 +305,46 @@ def ref_fisher(p, t, ctx, queries=4):
     return np.array(out)
 
 
-def ref_latent(p, t, ctx):
-    with torch.no_grad():
-        zp, zt = _np(ctx.encode(p)), _np(ctx.encode(t))
-    h1, h2 = (_np(h) for h in ctx.latents)
+def _np_encode(w, k):
+    lin = ENCODERS[k][0]
+    return np.tanh(_np(w) @ _np(lin.weight).T + _np(lin.bias))
 
-    def mse(a, b):
-        return ((a - b) ** 2).mean(1)
 
-    return 2 * mse(zp, zt) / (mse(h1, zt) + mse(h2, zt) + 1e-8)
+def _np_fuse(h1, h2):
+    return np.tanh(np.concatenate([h1, h2], axis=1) @ _np(TO_NECK.weight).T + _np(TO_NECK.bias))
+
+
+def _np_mse(a, b):
+    return ((a - b) ** 2).mean(1)
+
+
+def ref_latent_floor(p, t, ctx):
+    """Σ_k L_Z^(k): the target's latent fused with itself, against the neck."""
+    return sum(_np_mse(_np_fuse(_np_encode(t, k), _np_encode(t, k)), _np(ctx.neck)) for k in (0, 1))
+
+
+def ref_latent(p, t, ctx, eps=1e-8):
+    def unit(w, k):
+        z = _np_encode(w, k)
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    ratios = 0.0
+    for k in (0, 1):
+        zp, zt, z1, z2 = (unit(w, k) for w in (p, t, *ctx.sources))
+        ratios = ratios + 2 * _np_mse(zp, zt) / (_np_mse(z1, zt) + _np_mse(z2, zt) + eps)
+    return ref_latent_floor(p, t, ctx) + ratios
 
 
 def ref_contractive(p, t, ctx):
+    """C(w) = Σ_k ‖diag(1 − z_k²) W_k‖_F² for the tanh-linear encoders z_k = tanh(W_k w + b_k)."""
     def c(w):
-        return (torch.autograd.functional.jacobian(lambda v: ctx.encode(v[None])[0], w.detach()) ** 2).sum().item()
+        return sum(((1 - _np_encode(w, k) ** 2) ** 2 * (_np(ENCODERS[k][0].weight) ** 2).sum(1)).sum(1) for k in (0, 1))
 
-    return np.array([abs(c(p[i]) - c(t[i])) for i in range(B)])
+    return np.abs(c(p) - c(t))
 
 
-def ref_contrastive(p, t, ctx, tau=0.1):
-    z = np.concatenate([_np(ctx.neck), _np(ctx.neck_aug)])
+def ref_contrastive(p, t, ctx, tau=0.1, project=lambda z: z):
+    z = project(np.concatenate([_np(ctx.neck), _np(ctx.neck_aug)]))
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     per = []
     for i in range(2 * B):
@@ -310,7 +359,10 @@ REFERENCES = {
     "quantile": [({"q": 0.9}, ref_quantile, 1e-5, 0)],
     "norm_diff": [(None, ref_norm_diff, 1e-4, 1e-6)],
     "mape": [({"eps": 1e-2}, ref_mape, 1e-5, 0)],
-    "ar_mse": [({"lam": 0.5}, ref_ar_mse, 1e-5, 0)],
+    "ar_mse": [
+        ({"lam": 0.5}, ref_ar_mse, 1e-5, 0),
+        ({"lam": 0.5, "floor": 0.0}, lambda p, t, c: ref_ar_mse(p, t, c, floor=0.0), 1e-5, 0),
+    ],
     "layerwise": [(None, ref_layerwise, 1e-5, 0), ({"scale": "norm"}, ref_layerwise_norm, 1e-5, 0)],
     "jensen_shannon": [(None, ref_jensen_shannon, 1e-4, 0)],
     "wasserstein": [(None, ref_wasserstein, 1e-4, 0)],
@@ -320,14 +372,17 @@ REFERENCES = {
     "gromov_wasserstein": [({"outer_iters": 60, "inner_iters": 100}, ref_gromov_wasserstein, 1e-3, 1e-9)],
     "bottleneck": [(None, ref_bottleneck, 1e-5, 1e-7), ({"top_k": 0}, ref_bottleneck_full, 1e-5, 1e-7)],
     "persistence_l2": [({"top_k": 0}, ref_persistence_l2, 1e-4, 1e-6)],
-    "behavioral": [(None, ref_behavioral, 1e-4, 1e-7)],
+    "behavioral": [
+        (None, ref_behavioral, 1e-4, 1e-7),
+        ({"output": "logits"}, lambda p, t, c: ref_behavioral(p, t, c, "logits"), 1e-4, 1e-7),
+    ],
     "jacobian": [
         ({"probes": 0}, ref_jacobian, 1e-4, 1e-6),
         ({"probes": 0, "queries": 3}, lambda p, t, c: ref_jacobian(p, t, c, queries=3), 1e-4, 1e-6),
     ],
     "fisher": [(None, ref_fisher, 1e-3, 1e-6)],
     "latent": [(None, ref_latent, 1e-4, 0)],
-    "contractive": [({"probes": 0}, ref_contractive, 1e-3, 1e-6)],
+    "contractive": [({"probes": 0}, ref_contractive, 1e-4, 1e-6)],
     "contrastive": [(None, ref_contrastive, 1e-4, 0)],
 }
 
@@ -343,8 +398,11 @@ ASYMMETRIC = {
     "latent": "distances to the target's latent, relative to the inputs'",
     "contrastive": "does not read pred or target",
 }
-# Losses whose minimum is not 0 at pred = target, and why.
-NONZERO_MINIMUM = {"contrastive": "NT-Xent over the batch's necks; independent of pred"}
+# Losses that are not 0 at pred = target: why, and their value there.
+FLOORS = {
+    "contrastive": ("NT-Xent over the batch's necks; independent of pred", ref_contrastive),
+    "latent": ("L_Z compares the target's fused latent with the neck, without pred", ref_latent_floor),
+}
 
 
 def test_every_loss_is_covered():
@@ -367,8 +425,10 @@ def test_zero_at_equality_and_positive_otherwise(name, data):
     same = _value(name, target.clone(), target, ctx)
     diff = _value(name, pred, target, ctx)
     assert (diff > 0).all(), diff
-    if name in NONZERO_MINIMUM:
-        torch.testing.assert_close(same, diff)
+    if name in FLOORS:
+        floor = FLOORS[name][1](target, target, ctx)
+        np.testing.assert_allclose(_np(same), floor, rtol=1e-5)
+        assert (_np(diff) >= floor * (1 - 1e-6)).all()
     else:
         torch.testing.assert_close(same, torch.zeros(B), atol=1e-6, rtol=0)
 
@@ -402,7 +462,7 @@ def test_gradient_reaches_pred(name, data):
     pred, target, ctx = data
     pred = pred.clone().requires_grad_()
     neck = ctx.neck.clone().requires_grad_()
-    ctx = LossContext(**{**ctx.__dict__, "neck": neck})
+    ctx = _with(ctx, neck=neck)
     _value(name, pred, target, ctx).sum().backward()
     grad = pred.grad if LOSSES[name].depends_on_pred else neck.grad
     if not LOSSES[name].depends_on_pred:
@@ -478,3 +538,97 @@ def test_sublevel_pairs_match_gudhi(x):
         keep = lambda d: d[d[:, 1] > d[:, 0]]  # noqa: E731 - zero-length bars are not features
         np.testing.assert_allclose(np.sort(keep(mine), axis=0), np.sort(keep(ref), axis=0))
         assert (mine[:, 1] >= mine[:, 0]).all()
+
+
+def test_ar_mse_near_exact_tensor_stays_bounded():
+    # Zoo-like: weights 0.2, biases 0 (as initialised); every weight off by 0.05, every
+    # bias by only 1e-4. The report's absolute ε (1e-6) made each weight-after-bias ratio
+    # 2.5e-3 / 1e-6 ≈ 2500; the floor bounds it by the weight's relative error / floor.
+    target = torch.zeros(2, N_PARAMS, dtype=torch.float64)
+    pred = target.clone()
+    for (name, _), s in zip(LAYER_SHAPES, _ref_segments()):
+        is_bias = name.endswith("bias")
+        target[:, s] = 0.0 if is_bias else 0.2
+        pred[:, s] = target[:, s] + (1e-4 if is_bias else 0.05)
+    w_mse, b_mse, w_ms = 0.05**2, 1e-4**2, 0.2**2
+    weight_after_bias = w_mse / (b_mse + 1e-2 * w_ms + 1e-12)
+    bias_after_weight = b_mse / (w_mse + 1e-2 * 0.0 + 1e-12)
+    expected = w_mse + 4 * weight_after_bias + 5 * bias_after_weight  # ≈ 25.0
+    got = _value("ar_mse", pred, target, LossContext(), {})
+    np.testing.assert_allclose(_np(got), [expected, expected], rtol=1e-9)
+    assert got.max() < 30
+
+
+def test_latent_is_blind_to_the_latents_scale(data):
+    # The model's symmetry: encoders × c with fusion inputs ÷ c compute the same neck. No
+    # term may change along it, in value or gradient, or training drifts the latents' scale
+    # (towards 0, where ε rewards the ratio).
+    pred, target, ctx = data
+
+    def scaled(c):
+        return _with(ctx, encode=lambda w, k: c * _encode(w, k), fuse=lambda a, b: _fuse(a / c, b / c))
+
+    c = torch.tensor(1.0, requires_grad=True)
+    value = _value("latent", pred, target, scaled(c), {"detach_baseline": True})
+    value.sum().backward()
+    assert abs(c.grad.item()) < 1e-5 * value.sum().item()
+    torch.testing.assert_close(_value("latent", pred, target, scaled(0.01)), value.detach(), rtol=1e-5, atol=0)
+    np.testing.assert_allclose(_np(value), ref_latent(pred, target, ctx), rtol=1e-4)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_latent_detached_baseline_keeps_inputs_out_of_the_gradient(detach, data):
+    pred, target, ctx = data
+    x1 = ctx.sources[0].clone().requires_grad_()
+    ctx = _with(ctx, sources=(x1, ctx.sources[1]))
+    _value("latent", pred, target, ctx, {"detach_baseline": detach}).sum().backward()
+    reached = x1.grad is not None and x1.grad.abs().sum() > 0
+    assert reached != detach
+
+
+def test_latent_and_contractive_train_the_encoders(data):
+    pred, target, ctx = data
+    for name, nets in (("latent", NETS), ("contractive", ENCODERS)):
+        for p in NETS:
+            p.zero_grad(set_to_none=True)
+        _value(name, pred, target, ctx).sum().backward()
+        for net in nets:
+            grads = [p.grad for p in net.parameters()]
+            assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+            assert sum(g.abs().sum() for g in grads) > 0, name
+        for p in NETS:
+            p.zero_grad(set_to_none=True)
+
+
+def test_contrastive_compares_projected_views(data):
+    pred, target, ctx = data
+    head = _linear(D_NECK, 5, 20)
+    neck = ctx.neck.clone().requires_grad_()
+    got = _value("contrastive", pred, target, _with(ctx, neck=neck, project=head))
+
+    def np_head(z):
+        return z @ _np(head.weight).T + _np(head.bias)
+
+    np.testing.assert_allclose(_np(got), ref_contrastive(pred, target, ctx, project=np_head), rtol=1e-4)
+    got.sum().backward()
+    assert head.weight.grad.abs().sum() > 0 and neck.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["jacobian", "contractive"])
+def test_probes_come_from_seed_then_context_generator(name, data):
+    pred, target, ctx = data
+    seeded = _value(name, pred, target, ctx, {"seed": 7})
+
+    # ctx.generator: the same draws as a seed would give, and torch's global RNG untouched.
+    rng = torch.get_rng_state()
+    gen = torch.Generator().manual_seed(7)
+    from_ctx = _value(name, pred, target, _with(ctx, generator=gen), {})
+    torch.testing.assert_close(from_ctx, seeded)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not torch.equal(gen.get_state(), torch.Generator().manual_seed(7).get_state())
+
+    # The loss's own seed wins over ctx.generator, which it then leaves alone.
+    gen = torch.Generator().manual_seed(123)
+    state = gen.get_state()
+    torch.testing.assert_close(_value(name, pred, target, _with(ctx, generator=gen), {"seed": 7}), seeded)
+    assert torch.equal(gen.get_state(), state)

@@ -54,8 +54,11 @@ def test_tokenize_rejects_wrong_shape():
 
 # -- parameter count --------------------------------------------------------------------------
 def test_seed_preset_has_the_reports_parameter_count():
-    # Figure 5 of the report: Total params 210,546,336.
-    assert n_params("seed") == 210_546_336
+    # Figure 5 of the report: Total params 210,546,336. The report has no projection head;
+    # ours (on by default, for the contrastive term) adds neck² + neck + neck·32 + 32.
+    head = 512 * 512 + 512 + 512 * 32 + 32
+    assert n_params(preset("seed").replace(projection=0)) == 210_546_336
+    assert n_params("seed") == 210_546_336 + head
     with torch.device("meta"):
         model = TransformerAE(preset("seed"))
     parts = model.parameter_breakdown()
@@ -66,14 +69,16 @@ def test_seed_preset_has_the_reports_parameter_count():
         "decoder.expand": 24_624_000,
         "decoder.layers+norm": 4 * 5_539_200 + 1_920,
         "decoder.head": 118_274_464,
+        "projection": head,
     }
-    assert sum(parts.values()) == model.num_parameters() == 210_546_336
+    assert sum(parts.values()) == model.num_parameters() == 210_546_336 + head
     # One encoder layer as in figure 5.
     assert sum(p.numel() for p in model.encoders[0].layers[0].parameters()) == 5_539_200
 
 
 def test_token_head_is_much_smaller():
-    assert n_params(preset("seed").replace(head="token")) == 210_546_336 - 118_274_464 + 960 * 96 + 96
+    cfg = preset("seed").replace(head="token", projection=0)
+    assert n_params(cfg) == 210_546_336 - 118_274_464 + 960 * 96 + 96
 
 
 def test_seed_preset_shapes_on_meta():
@@ -98,7 +103,7 @@ def test_tiny_forward_backward_gives_finite_grads_everywhere(head):
     assert out.weights.shape == (4, N_PARAMS) and out.neck.shape == (4, TINY.neck)
     assert out.latents[0].shape == (4, TINY.d_model)
     assert bool((out.neck.abs() <= 1).all())  # tanh
-    loss = torch.nn.functional.mse_loss(out.weights, w3) + out.neck.pow(2).mean()
+    loss = torch.nn.functional.mse_loss(out.weights, w3) + model.project(out.neck).pow(2).mean()
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from wsmerge.cnn import N_PARAMS
-from wsmerge.pairs import COLUMNS, SCENARIOS, SPLITS, PairConfig, make_pairs, scenario
+from wsmerge.pairs import COLUMNS, ROLES, SCENARIOS, SPLITS, PairConfig, make_pairs, scenario
 from wsmerge.zoo import class_key, weights_matrix
 
 
@@ -210,6 +210,125 @@ def test_determinism(zoo6):
     assert a.targets != c.targets
 
 
+# -- CNNs shared between splits, and strict isolation ------------------------------------------
+_ROLE_COLS = {"input": ("cnn1", "cnn2"), "target": ("target",), "any": ("cnn1", "cnn2", "target")}
+
+
+def _in_role(frame, role):
+    """Per triple, the set of its zoo rows in `role`."""
+    return [{int(getattr(r, c)) for c in _ROLE_COLS[role]} for r in frame.itertuples()]
+
+
+def _triples(frame):
+    return [(int(a), int(b), int(t)) for a, b, t in zip(frame.cnn1, frame.cnn2, frame.target)]
+
+
+def _brute_overlap(p):
+    out = {}
+    for a, b in (("val", "train"), ("test", "train"), ("test", "val")):
+        for ra, rb in itertools.product(ROLES, ROLES):
+            A, B = _in_role(p[a], ra), _in_role(p[b], rb)
+            shared = set().union(*A) & set().union(*B)
+            out[a, ra, b, rb] = (len(shared), sum(1 for x in A if x & shared), sum(1 for x in B if x & shared))
+    return out
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PairConfig(overlap=(0, 2)),
+        PairConfig(overlap=1, split_by="pair", seed=2),
+        PairConfig(overlap=0, both_orders=True, max_pairs_per_target=3),
+    ],
+)
+def test_overlap_counts_shared_cnns_by_role(zoo6, cfg):
+    p = make_pairs(zoo6, cfg)
+    ov = p.overlap()
+    assert list(ov.columns) == ["split_a", "role_a", "split_b", "role_b", "n_cnns", "n_triples_a", "n_triples_b"]
+    brute = _brute_overlap(p)
+    got = {(r.split_a, r.role_a, r.split_b, r.role_b): (r.n_cnns, r.n_triples_a, r.n_triples_b)
+           for r in ov.itertuples()}
+    assert len(got) == 15 and got.items() <= brute.items()
+    assert ("test", "any", "train", "any") in got and ("val", "target", "train", "input") in got
+    # Splitting by class set alone leaks: test CNNs serve in training.
+    assert got["test", "any", "train", "any"][0] > 0
+    n, n_test = got["test", "target", "train", "input"][:2]
+    assert f"test target used as train input: {n} ({n_test})" in p.summary()
+    assert p.dropped == dict.fromkeys(SPLITS, 0) and p.refilled == 0 and "isolation" not in p.summary()
+
+
+def _check_isolated(none, strict):
+    """strict is none with exactly the triples touching a held-out CNN removed (and, under a
+    cap, training refilled), and no CNN of test in val or train, none of val in train."""
+    cnns = {s: set().union(*_in_role(strict[s], "any")) for s in SPLITS}
+    assert not cnns["test"] & cnns["train"] and not cnns["test"] & cnns["val"] and not cnns["val"] & cnns["train"]
+    assert (strict.overlap()[["n_cnns", "n_triples_a", "n_triples_b"]] == 0).all().all()
+    pd.testing.assert_frame_equal(strict["test"], none["test"])
+    val = [t for t in _triples(none["val"]) if not set(t) & cnns["test"]]
+    assert _triples(strict["val"]) == val
+    train = [t for t in _triples(none["train"]) if not set(t) & (cnns["test"] | cnns["val"])]
+    was_train = set(_triples(none["train"]))
+    assert [t for t in _triples(strict["train"]) if t in was_train] == train
+    assert strict.dropped == {"train": len(none["train"]) - len(train), "val": len(none["val"]) - len(val), "test": 0}
+    assert strict.refilled == len(strict["train"]) - len(train)
+    s = strict.summary()
+    assert f"dropped {strict.dropped['train']} train and {strict.dropped['val']} val" in s
+    assert "test target used as train input: 0 (0)" in s
+    return cnns
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PairConfig(overlap=(0, 2)),
+        PairConfig(overlap=2, seed=1, both_orders=True),
+        PairConfig(overlap=0, split_by="pair", seed=1, split=(0.8, 0.1, 0.1)),
+    ],
+)
+def test_strict_isolation_drops_exactly_the_leaking_triples(zoo6, cfg):
+    none = make_pairs(zoo6, cfg)
+    strict = make_pairs(zoo6, cfg.replace(isolation="strict"))
+    _check_isolated(none, strict)
+    assert strict.refilled == 0 and strict.dropped["train"] > 0 and len(strict["train"]) and len(strict["val"])
+    assert strict.targets["train"] == sorted(set(strict["train"]["c3"]))
+
+
+@pytest.mark.parametrize("zoo", ["full", "partial"])
+def test_strict_isolation_caps_after_isolating(zoo6, zoo):
+    df = zoo6 if zoo == "full" else zoo6[
+        ~((zoo6["classes"].isin(["0-1", "2-3-4"])) & (zoo6["activation"] == "gelu"))].reset_index(drop=True)
+    cfg = PairConfig(overlap=(0, 2), max_pairs_per_target=2)
+    none = make_pairs(df, cfg)
+    strict = make_pairs(df, cfg.replace(isolation="strict"))
+    cnns = _check_isolated(none, strict)
+    assert strict.refilled > 0
+    # Every training target of the deal fills its cap from the class pairs with an allowed
+    # triple, and keeps every allowed triple of the class pairs it holds.
+    every = make_pairs(df, cfg.replace(max_pairs_per_target=None, split=(1.0, 0.0, 0.0)))["train"]
+    allowed = every[[not set(t) & (cnns["test"] | cnns["val"]) for t in _triples(every)]]
+    allowed = allowed[allowed["c3"].isin(none.targets["train"])]
+    have = {t: {frozenset((a, b)) for a, b in zip(g.c1, g.c2)} for t, g in strict["train"].groupby("c3")}
+    for t, g in allowed.groupby("c3"):
+        assert len(have.get(t, ())) == min(2, len({frozenset((a, b)) for a, b in zip(g.c1, g.c2)}))
+    picked = [frozenset((a, b)) in have.get(t, ()) for a, b, t in zip(allowed.c1, allowed.c2, allowed.c3)]
+    assert sorted(_triples(strict["train"])) == sorted(_triples(allowed[picked]))
+    if zoo == "full":
+        sets = strict["train"].groupby(["activation", "epoch_bin"]).apply(
+            lambda g: frozenset(zip(g.c1, g.c2)), include_groups=False)
+        assert len(set(sets)) == 1
+
+
+def test_strict_isolation_that_empties_a_split_says_so(zoo4, zoo6):
+    # One seed: every class set of a held-out triple is blocked in training.
+    with pytest.raises(ValueError, match=r"strict isolation leaves no train triples \(of 54 before\).*two seeds"):
+        make_pairs(zoo4, PairConfig(overlap=1, isolation="strict"))
+    with pytest.raises(ValueError, match=r"leaves no val triples \(of 92 before\): each shares a CNN with a test"):
+        make_pairs(zoo6, PairConfig(overlap=0, isolation="strict"))
+    # Without a validation split there is nothing to empty.
+    p = make_pairs(zoo6, PairConfig(overlap=0, isolation="strict", split=(0.9, 0.0, 0.1)))
+    assert len(p["train"]) and len(p["val"]) == 0 and p.dropped["val"] == 0
+
+
 # -- tensors --------------------------------------------------------------------------------------
 def test_tensors_gather_the_right_rows(zoo4):
     p = make_pairs(zoo4, PairConfig(overlap=1))
@@ -270,9 +389,11 @@ def test_type2_on_a_synthetic_zoo(zoo6):
 
 def test_config_roundtrip():
     cfg = PairConfig(overlap=(1, 2), digits=(3, 1, 2), activations=["relu"], epoch_bins=[1, 2], split=[0.8, 0.1, 0.1],
-                     max_pairs_per_target=5)
+                     max_pairs_per_target=5, isolation="strict")
     assert cfg.digits == (1, 2, 3) and cfg.activations == ("relu",) and cfg.split == (0.8, 0.1, 0.1)
     assert PairConfig.from_dict(cfg.to_dict()) == cfg
+    assert PairConfig().isolation == "none"
+    assert PairConfig.from_dict({"scenario": "type1", "isolation": "strict"}).isolation == "strict"
     assert PairConfig(overlap=[2, 2]).overlap == 2
 
 
@@ -293,6 +414,8 @@ def test_config_roundtrip():
         ({"activations": []}, "activations is empty"),
         ({"digits": [3, 12]}, "not MNIST digits"),
         ({"max_pairs_per_target": 0}, "max_pairs_per_target must be >= 1"),
+        ({"isolation": "full"}, r"pairs: pairs.isolation must be one of \['none', 'strict'\], got 'full'"),
+        ({"isolation": None}, r"pairs.isolation must be one of .*got None"),
         ({"overlapp": 1}, r"pairs: unknown keys \['overlapp'\]"),
         ({"scenario": "x"}, "pairs: unknown pair scenario 'x'"),
     ],

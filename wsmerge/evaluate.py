@@ -6,6 +6,8 @@ and the classic baselines are scored side by side, on the same images:
 - accuracy on C3's images (in distribution) and on the other digits (out of distribution);
 - forgetting: accuracy on C1's and C2's digits against CNN1's and CNN2's own;
 - agreement (same argmax) with the target CNN3 on C3's images;
+- collapse: a CNN whose outputs do not separate C3's images, giving one answer to all of them
+  or logits that barely move from image to image (`logit_spread` below `collapse_tol`);
 - after fine-tuning on C3's training images: accuracy, the step at which it catches up with
   its parents' mean accuracy, and whether it holds its best accuracy (stability);
 - the correlation between each pair's Transformer loss and its generated CNN's accuracy,
@@ -50,7 +52,9 @@ __all__ = [
 METHODS: tuple[str, ...] = ("generated", "copy1", "copy2", "average", "task_arithmetic", "target")
 
 # Columns of `EvalResult.per_pair` that `summary()` averages over pairs.
-_PRED_METRICS = ("acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement")
+_PRED_METRICS = (
+    "acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement", "logit_spread"
+)
 _FT_METRICS = ("ft_acc_in", "ft_acc_out", "ft_drop")
 
 
@@ -71,6 +75,9 @@ class EvalConfig:
     seed: int = 0
     # Model×image evaluations per forward call; None: by device (see `default_chunk`).
     forward_chunk: int | None = None
+    # A logit_spread below this flags a collapsed CNN. Random kaiming-initialised CNNs spread
+    # their logits by 0.2–0.7 over C3's images; at 0.01 the softmax moves by about 1%.
+    collapse_tol: float = 1e-2
 
     def __post_init__(self):
         ipc = self.images_per_class
@@ -89,6 +96,7 @@ class EvalConfig:
             "forward_chunk": None
             if self.forward_chunk is None
             else check_int(self.forward_chunk, "EvalConfig.forward_chunk", 1),
+            "collapse_tol": check_number(self.collapse_tol, "EvalConfig.collapse_tol", 0),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -122,6 +130,7 @@ class EvalResult:
             # The mean step counts only the pairs that caught up; the rate says how many did.
             out[f"{method}/catchup_steps"] = float(rows["catchup_steps"].mean())
             out[f"{method}/catchup_rate"] = float(rows["catchup_steps"].notna().mean())
+            out[f"{method}/collapsed_share"] = float(rows["collapsed"].mean())
             if fine_tuned:
                 out[f"{method}/ft_stable_rate"] = float(rows["ft_stable"].astype(float).mean())
         out.update({f"corr/{k}": v for k, v in self.correlation.items()})
@@ -302,6 +311,28 @@ def default_chunk(device: torch.device | str) -> int:
     return 32768 if torch.device(device).type == "cuda" else 1024
 
 
+def _forward_chunks(
+    weights: torch.Tensor, images: torch.Tensor, activation: str, chunk: int | None
+) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+    """(models, images, logits [m, n, 10]) of each forward call over `predict`'s chunks."""
+    own = images.dim() == 5
+    m_all, n_all = weights.shape[0], images.shape[1 if own else 0]
+    chunk = chunk or default_chunk(weights.device)
+    n_step = min(n_all, chunk)
+    m_step = max(1, chunk // n_step)
+    for m0 in range(0, m_all, m_step):
+        ms = slice(m0, m0 + m_step)
+        for n0 in range(0, n_all, n_step):
+            ns = slice(n0, n0 + n_step)
+            yield ms, ns, batched_forward(weights[ms], images[ms, ns] if own else images[ns], activation)
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    pred = logits.argmax(-1)
+    pred[~torch.isfinite(logits).all(-1)] = -1
+    return pred
+
+
 def predict(
     weights: torch.Tensor, images: torch.Tensor, activation: str, chunk: int | None = None
 ) -> torch.Tensor:
@@ -311,21 +342,38 @@ def predict(
     Each forward call takes up to `chunk` model×images (None: `default_chunk`), as many
     images as fit and then as many models: one model's images share the first convolution.
     """
-    own = images.dim() == 5
-    m_all, n_all = weights.shape[0], images.shape[1 if own else 0]
+    m_all, n_all = weights.shape[0], images.shape[-4]
     out = torch.empty(m_all, n_all, dtype=torch.long, device=weights.device)
-    chunk = chunk or default_chunk(weights.device)
-    n_step = min(n_all, chunk)
-    m_step = max(1, chunk // n_step)
-    for m0 in range(0, m_all, m_step):
-        ms = slice(m0, m0 + m_step)
-        for n0 in range(0, n_all, n_step):
-            ns = slice(n0, n0 + n_step)
-            logits = batched_forward(weights[ms], images[ms, ns] if own else images[ns], activation)
-            pred = logits.argmax(-1)
-            pred[~torch.isfinite(logits).all(-1)] = -1
-            out[ms, ns] = pred
+    for ms, ns, logits in _forward_chunks(weights, images, activation, chunk):
+        out[ms, ns] = _argmax(logits)
     return out
+
+
+def _predict_with_spread(
+    weights: torch.Tensor,
+    images: torch.Tensor,
+    activation: str,
+    mask: torch.Tensor,
+    chunk: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict`'s argmax [M, N] of M models on shared images [N, 1, 28, 28], and from the
+    same forward calls each model's logit spread [M]: the mean over the 10 classes of the
+    standard deviation (ddof 0) of its logits across the images in its row of mask [M, N];
+    NaN where those logits are not finite or the row is empty."""
+    m_all, n_all = weights.shape[0], images.shape[0]
+    out = torch.empty(m_all, n_all, dtype=torch.long, device=weights.device)
+    # Running moments, as the images of one model may span several forward calls; float64
+    # keeps E[x²] − E[x]² from cancelling at float32 logits.
+    total = weights.new_zeros(m_all, 10, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for ms, ns, logits in _forward_chunks(weights, images, activation, chunk):
+        out[ms, ns] = _argmax(logits)
+        x = torch.where(mask[ms, ns, None], logits.double(), 0.0)
+        total[ms] += x.sum(1)
+        squares[ms] += (x**2).sum(1)
+    n = mask.sum(1, keepdim=True).double()
+    var = (squares / n - (total / n) ** 2).clamp_min(0)
+    return out, var.sqrt().mean(1)
 
 
 def _percent(hit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -494,9 +542,19 @@ def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train,
     """All methods × pairs of one activation; stack [n_methods, P, D] in `methods` order, the
     target last. Returns metric → [n_methods, P] (ft_* for the fine-tuned methods only, which
     lead) and the fine-tuning curves [n_methods − 1, P, n_evals] (None without fine-tuning)."""
-    preds = _predict_stack(stack, images, activation, cfg.forward_chunk)
+    n_methods, n_pairs, d = stack.shape
+    in3 = (in1 | in2)[:, labels]
+    preds, spread = _predict_with_spread(
+        stack.reshape(-1, d), images, activation, in3.repeat(n_methods, 1), cfg.forward_chunk
+    )
+    preds, spread = preds.view(n_methods, n_pairs, -1), spread.view(n_methods, n_pairs)
     out = _numpy(_accuracies(preds, labels, in1, in2))
-    out["agreement"] = (_percent(preds == preds[-1], (in1 | in2)[:, labels]) / 100).cpu().numpy()
+    out["agreement"] = (_percent(preds == preds[-1], in3) / 100).cpu().numpy()
+    out["logit_spread"] = spread.cpu().numpy()
+    # Collapsed: one answer for all of C3's images, or logits too flat to tell them apart.
+    first = preds.gather(-1, in3.int().argmax(1).expand(n_methods, -1)[..., None])
+    one_answer = ((preds == first) | ~in3).all(-1)
+    out["collapsed"] = (one_answer | (spread < cfg.collapse_tol)).cpu().numpy()
     own1 = out["acc_c1"][methods.index("copy1")]
     own2 = out["acc_c2"][methods.index("copy2")]
     out["forget_c1"], out["forget_c2"] = own1 - out["acc_c1"], own2 - out["acc_c2"]
@@ -533,10 +591,11 @@ def _frame(methods, metrics, sets1, sets2, acts, loss) -> pd.DataFrame:
     }
     if loss is not None:
         cols["pair_loss"] = loss[pair]
-    for name in ("parents_acc", *_PRED_METRICS, "catchup_steps", *_FT_METRICS, "ft_stable"):
+    for name in ("parents_acc", *_PRED_METRICS, "collapsed", "catchup_steps", *_FT_METRICS, "ft_stable"):
         if name in metrics:
             cols[name] = metrics[name].T.reshape(-1)
     frame = pd.DataFrame(cols)
+    frame["collapsed"] = frame["collapsed"].astype(bool)
     if "ft_stable" in frame:
         # NA for the target, which is not fine-tuned.
         frame["ft_stable"] = frame["ft_stable"].map({1.0: True, 0.0: False}).astype("boolean")

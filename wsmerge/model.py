@@ -127,10 +127,15 @@ class ModelConfig:
     neck: int = 32
     dropout: float = 0.0
     head: str = "flat"  # "flat": the report's Linear(50·d_model → 2464); "token": per-size
+    # Output size of the contrastive loss's projection head (neck → ReLU MLP → projection),
+    # 0 for none. The behavioral paper (after SANE) puts NT-Xent on such a head, so that the
+    # contrastive term does not shape the neck the decoder reads.
+    projection: int = 32
 
     def __post_init__(self):
         for name in ("d_model", "n_layers", "n_heads", "d_ff", "neck"):
             check_int(getattr(self, name), f"model.{name}", 1)
+        check_int(self.projection, "model.projection", 0)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model}); "
@@ -154,7 +159,8 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The report's configuration (section 4.1): 210,546,336 parameters, a GPU model.
+    # The report's configuration (section 4.1): 210,546,336 parameters plus our 279,072 of the
+    # contrastive projection head (projection=0 gives the report's count), a GPU model.
     "seed": ModelConfig(d_model=960, n_layers=4, n_heads=4, d_ff=960, neck=512, dropout=0.07),
     # Tests and laptops: about 8.1 M parameters, nearly all in the flat head.
     "tiny": ModelConfig(d_model=64, n_layers=1, n_heads=4, d_ff=128, neck=32, dropout=0.0),
@@ -296,6 +302,11 @@ class TransformerAE(nn.Module):
         self.encoders = nn.ModuleList([Encoder(cfg), Encoder(cfg)])
         self.to_neck = nn.Linear(2 * cfg.d_model, cfg.neck)  # the report's vec2neck
         self.decoder = Decoder(cfg)
+        self.projection = (
+            nn.Sequential(nn.Linear(cfg.neck, cfg.neck), nn.ReLU(), nn.Linear(cfg.neck, cfg.projection))
+            if cfg.projection
+            else None
+        )
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -332,6 +343,12 @@ class TransformerAE(nn.Module):
             raise ValueError(f"decode: expected a neck of shape [B, {self.cfg.neck}], got {list(neck.shape)}")
         return self.decoder(neck) * self.w_std + self.w_mean
 
+    def project(self, neck: torch.Tensor) -> torch.Tensor:
+        """The contrastive projection head: neck [B, neck] → [B, projection]."""
+        if self.projection is None:
+            raise ValueError("project: this model has no projection head (model.projection is 0)")
+        return self.projection(neck)
+
     def forward(self, w1: torch.Tensor, w2: torch.Tensor) -> MergeOutput:
         _check_weights(w1, "w1")
         _check_weights(w2, "w2")
@@ -356,6 +373,7 @@ class TransformerAE(nn.Module):
             "decoder.expand": count(dec.expand),
             "decoder.layers+norm": count(dec.layers) + count(dec.norm),
             "decoder.head": head,
+            "projection": 0 if self.projection is None else count(self.projection),
         }
 
 

@@ -18,11 +18,19 @@ instead, so test pairs are unseen parent combinations (though their target may b
 Either way every checkpoint group (activation, init, seed, bin) of one class-level
 triple lands in the same split.
 
+A CNN is one zoo row (class set, activation, init, seed, epoch bin), named by its row
+position. Splitting by class set still lets one checkpoint serve several splits: a test
+target can be a training parent. `Pairs.overlap()` counts such sharing by role, and
+`isolation="strict"` removes it: training keeps no triple that touches a CNN of a
+validation or test triple, validation none that touches a test CNN; test keeps all of its
+triples, so it is the same test set as with `isolation="none"` (the default).
+
     pairs = make_pairs(df, PairConfig(overlap=0))
     w1, w2, w3 = pairs.tensors("train", weights_matrix(df))
     init = pairs.init_weights("train", wsmerge.zoo.load_init(path))   # for task arithmetic
     pairs["test"]           # DataFrame: cnn1, cnn2, target (row positions in df), c1, c2, c3, ...
     print(pairs.summary())
+    pairs.overlap()         # DataFrame: CNNs shared between splits, by role
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from wsmerge.zoo import class_key, parse_class_key, weights_matrix
 
 __all__ = [
     "COLUMNS",
+    "ISOLATION",
+    "ROLES",
     "SCENARIOS",
     "SPLITS",
     "PairConfig",
@@ -53,6 +63,14 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 SPLIT_BY = ("target", "pair")
+ISOLATION = ("none", "strict")
+# The roles a CNN plays in a triple, and the columns holding it: parent, target, or either.
+_ROLE_COLUMNS = {"input": ("cnn1", "cnn2"), "target": ("target",), "any": ("cnn1", "cnn2", "target")}
+ROLES = tuple(_ROLE_COLUMNS)
+# (role in the held-out split, role in the split it is compared with) that overlap() reports.
+_ROLE_PAIRS = (("any", "any"), ("target", "input"), ("input", "target"), ("input", "input"), ("target", "target"))
+# (held-out split, split it must not leak into), in overlap() order.
+_SPLIT_PAIRS = (("val", "train"), ("test", "train"), ("test", "val"))
 # Columns of each split's DataFrame. cnn1/cnn2/target are row positions (iloc) in the zoo
 # frame given to make_pairs, i.e. rows of weights_matrix(df).
 COLUMNS = ("cnn1", "cnn2", "target", "c1", "c2", "c3", "overlap", "activation", "init", "seed", "epoch_bin")
@@ -94,6 +112,7 @@ class PairConfig:
     seed: int = 0  # shuffles the split and the max_pairs_per_target sample
     max_pairs_per_target: int | None = None  # cap on class pairs {C1, C2} per C3; None = all
     both_orders: bool = False  # also add (C2, C1) for every (C1, C2)
+    isolation: str = "none"  # "strict": no val/test CNN in training, no test CNN in val
 
     def __post_init__(self):
         ov = self.overlap
@@ -162,6 +181,8 @@ class PairConfig:
             object.__setattr__(self, "max_pairs_per_target", m)
         if not isinstance(self.both_orders, bool):
             raise ValueError(f"pairs.both_orders must be true or false, got {self.both_orders!r}")
+        if self.isolation not in ISOLATION:
+            raise ValueError(f"pairs.isolation must be one of {list(ISOLATION)}, got {self.isolation!r}")
 
     @property
     def min_overlap(self) -> int:
@@ -203,13 +224,18 @@ def scenario(name: str) -> PairConfig:
 @dataclass(frozen=True)
 class Pairs:
     """Merge triples per split. `frames[split]` has the columns in COLUMNS; `targets[split]`
-    the target class sets dealt to it; `class_pairs[split]` its unordered class pairs."""
+    the target class sets dealt to it; `class_pairs[split]` its unordered class pairs.
+    `dropped[split]` counts the triples that isolation removed from what `isolation="none"`
+    gives the split, `refilled` the training triples it added back under the
+    max_pairs_per_target cap (both 0 without isolation)."""
 
     config: PairConfig
     n_rows: int  # rows of the zoo frame the indices point into
     frames: dict[str, pd.DataFrame]
     targets: dict[str, list[tuple[int, ...]]]
     class_pairs: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]
+    dropped: dict[str, int]
+    refilled: int
 
     def __getitem__(self, split: str) -> pd.DataFrame:
         return self.frames[_check_split(split)]
@@ -273,8 +299,29 @@ class Pairs:
         f = self[split]
         return {k: f[k].tolist() for k in ("c1", "c2", "c3", "activation")}
 
+    def _cnns(self, split: str, role: str) -> list[np.ndarray]:
+        """The row columns of `split` holding its CNNs in `role`."""
+        return [self.frames[split][c].to_numpy(np.int64) for c in _ROLE_COLUMNS[role]]
+
+    def overlap(self) -> pd.DataFrame:
+        """CNNs (zoo rows) shared between splits, by role. One row per held-out split
+        `split_a` (val, test), split `split_b` it must not leak into (train, val), and roles
+        `role_a`, `role_b` (see ROLES): `n_cnns` CNNs are a role_a CNN of a split_a triple and
+        a role_b CNN of a split_b triple; `n_triples_a` split_a triples hold one of them in
+        role_a, `n_triples_b` split_b triples in role_b."""
+        rows = []
+        for a, b in _SPLIT_PAIRS:
+            for ra, rb in _ROLE_PAIRS:
+                ca, cb = self._cnns(a, ra), self._cnns(b, rb)
+                shared = np.intersect1d(np.concatenate(ca), np.concatenate(cb))
+                hits = lambda cols: int(np.logical_or.reduce([np.isin(c, shared) for c in cols]).sum())  # noqa: E731
+                rows.append((a, ra, b, rb, len(shared), hits(ca), hits(cb)))
+        columns = ["split_a", "role_a", "split_b", "role_b", "n_cnns", "n_triples_a", "n_triples_b"]
+        return pd.DataFrame(rows, columns=columns)
+
     def summary(self, show: int = 8) -> str:
-        """Counts per split and which targets landed where (the first `show` of each)."""
+        """Counts per split, which targets landed where (the first `show` of each), what
+        isolation dropped, and the CNNs the splits share."""
         cfg = self.config
         lines = [
             f"merge pairs: overlap {cfg.overlap}, split by {cfg.split_by}, seed {cfg.seed}, {len(self)} triples"
@@ -288,6 +335,21 @@ class Pairs:
                 f"  {s}: {len(self.frames[s])} triples, {len(self.class_pairs[s])} class pairs, "
                 f"{len(ts)} targets: {keys or '-'}"
             )
+        if cfg.isolation != "none":
+            refill = f"; refilled {self.refilled} train triples under the cap" if cfg.max_pairs_per_target else ""
+            lines.append(
+                f"  isolation {cfg.isolation}: dropped {self.dropped['train']} train and {self.dropped['val']} val "
+                f"triples touching a held-out CNN{refill}"
+            )
+        lines.append("  CNNs shared between splits (and the held-out split's triples holding one in that role):")
+        ov = self.overlap()
+        for (a, b), g in ov.groupby(["split_a", "split_b"], sort=False):
+            parts = [
+                f"{r.n_cnns} in any role ({r.n_triples_a})" if r.role_a == "any"
+                else f"{a} {r.role_a} used as {b} {r.role_b}: {r.n_cnns} ({r.n_triples_a})"
+                for r in g.itertuples()
+            ]
+            lines.append(f"    {a} & {b}: " + "; ".join(parts))
         return "\n".join(lines)
 
 
@@ -371,6 +433,54 @@ def _deal(items: list, fractions: tuple[float, float, float], rng: np.random.Gen
     return out
 
 
+def _sample_per_target(targets: np.ndarray, room: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mask over `targets` (equal values adjacent) keeping at most room[t] entries of each
+    target t, drawn at random where it has more."""
+    keep = np.zeros(len(targets), bool)
+    starts = np.flatnonzero(np.diff(targets, prepend=-1) != 0)
+    for s0, e0 in zip(starts, np.r_[starts[1:], len(targets)]):
+        k = room[targets[s0]]
+        if e0 - s0 > k:
+            keep[s0 + rng.choice(e0 - s0, k, replace=False)] = True
+        else:
+            keep[s0:e0] = True
+    return keep
+
+
+def _isolate(
+    rows: np.ndarray,
+    member: np.ndarray,
+    pool: np.ndarray,
+    ct: np.ndarray,
+    target_of: np.ndarray,
+    cap: int | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`member` [3 splits, n triples] narrowed so that no CNN (zoo row) of a test triple is in
+    a val or train triple, and none of a val triple in a train triple. `rows` [3, n] holds each
+    triple's cnn1, cnn2, target; `pool` marks the triples dealt to train, beyond the cap too;
+    `ct` is each triple's class triple and `target_of` each class triple's target mask."""
+    touches = lambda sel: np.isin(rows, rows[:, sel]).any(0)  # noqa: E731
+    train, val, test = member
+    # Val is narrowed first, so only the val CNNs that remain block training triples.
+    val = val & ~touches(test)
+    ok = ~touches(test | val)
+    train = train & ok
+    if cap is not None:
+        # Capping after isolating keeps the most training triples: a target whose sampled
+        # pairs touched a held-out CNN fills its cap from its other pairs that do not,
+        # instead of keeping what survives of a sample drawn blind to isolation. Test and
+        # val keep the cap's sample, isolated after: test stays the set isolation "none"
+        # measures, and a refilled val would block yet more training CNNs.
+        spare = pool & ok & ~train
+        spare_ct = np.unique(ct[spare])
+        room = cap - np.bincount(target_of[np.unique(ct[train])], minlength=1 << 10)
+        pick = np.zeros(len(target_of), bool)
+        pick[spare_ct[_sample_per_target(target_of[spare_ct], room, rng)]] = True
+        train = train | (spare & pick[ct])
+    return np.stack([train, val, test])
+
+
 def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
     """Every merge triple of zoo frame `df` (as from wsmerge.zoo.load) allowed by `cfg`,
     split deterministically by `cfg.seed`."""
@@ -419,17 +529,13 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
     order = np.lexsort((_RANK[b], _RANK[a], _RANK[union]))
     m1, m2, m3 = a[order], b[order], union[order]
     rng = np.random.default_rng(cfg.seed)
+    capped = np.ones(len(m3), bool)
     if cfg.max_pairs_per_target is not None:
-        keep = np.zeros(len(m3), bool)
-        starts = np.flatnonzero(np.r_[True, m3[1:] != m3[:-1]])
-        ends = np.r_[starts[1:], len(m3)]
-        for s0, e0 in zip(starts, ends):
-            if e0 - s0 > cfg.max_pairs_per_target:
-                keep[s0 + rng.choice(e0 - s0, cfg.max_pairs_per_target, replace=False)] = True
-            else:
-                keep[s0:e0] = True
-        m1, m2, m3 = m1[keep], m2[keep], m3[keep]
-    n_class_triples = len(m3)
+        capped = _sample_per_target(m3, np.full(1 << 10, cfg.max_pairs_per_target), rng)
+    # Strict isolation refills training from the class triples beyond the cap (see _isolate).
+    if cfg.isolation == "none":
+        m1, m2, m3, capped = m1[capped], m2[capped], m3[capped], capped[capped]
+    n_class_triples = int(capped.sum())
 
     # Checkpoint-level triples: all three class sets present in one group.
     parts = []
@@ -447,41 +553,64 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
         r1, r2, r3 = pos[m1], pos[m2], pos[m3]
         ok = (r1 >= 0) & (r2 >= 0) & (r3 >= 0)
         if ok.any():
-            parts.append((r1[ok], r2[ok], r3[ok], m1[ok], m2[ok], m3[ok], (act, init, int(seed), int(ebin))))
-    if not parts:
+            parts.append(
+                (r1[ok], r2[ok], r3[ok], m1[ok], m2[ok], m3[ok], np.flatnonzero(ok), (act, init, int(seed), int(ebin)))
+            )
+    if not any(capped[p[6]].any() for p in parts):
         raise ValueError(
             f"make_pairs: no valid triples: {n_class_triples} class-level triples with overlap "
             f"{cfg.overlap} exist{where}, but no (activation, init, seed, epoch bin) group holds "
             f"all three checkpoints of any of them"
         )
     cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
-    r1, r2, r3, k1, k2, k3 = (cat(k) for k in range(6))
+    r1, r2, r3, k1, k2, k3, ct = (cat(k) for k in range(7))
     group = np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(parts)])
-    gtab = [p[6] for p in parts]
+    gtab = [p[7] for p in parts]
     if cfg.both_orders:
         # Each (C1, C2) followed by its (C2, C1).
         inter = lambda x, y: np.stack([x, y], 1).reshape(-1)  # noqa: E731
         r1, r2, r3 = inter(r1, r2), inter(r2, r1), np.repeat(r3, 2)
         k1, k2, k3 = inter(k1, k2), inter(k2, k1), np.repeat(k3, 2)
-        group = np.repeat(group, 2)
+        group, ct = np.repeat(group, 2), np.repeat(ct, 2)
 
-    # Split: deal targets (or canonical class pairs) to the splits.
+    # Split: deal targets (or canonical class pairs) to the splits, those within the cap;
+    # a key dealt nowhere gets split -1.
+    in_cap = capped[ct]
     if cfg.split_by == "target":
         keys = k3
-        items = [int(m) for m in sorted(set(k3.tolist()), key=lambda m: _TUPLES[m])]
+        items = [int(m) for m in sorted(set(k3[in_cap].tolist()), key=lambda m: _TUPLES[m])]
         dealt = _deal(items, cfg.split, rng, "target class set")
     else:
         lo = np.where(_RANK[k1] < _RANK[k2], k1, k2)
         hi = np.where(_RANK[k1] < _RANK[k2], k2, k1)
         keys = lo * (1 << 10) + hi
-        items = sorted(set(keys.tolist()), key=lambda k: (_TUPLES[k >> 10], _TUPLES[k & 1023]))
+        items = sorted(set(keys[in_cap].tolist()), key=lambda k: (_TUPLES[k >> 10], _TUPLES[k & 1023]))
         dealt = _deal(items, cfg.split, rng, "class pair")
     split_of = {item: i for i, s in enumerate(SPLITS) for item in dealt[s]}
-    assigned = np.array([split_of[k] for k in keys.tolist()], np.int64) if len(keys) else np.zeros(0, np.int64)
+    assigned = np.array([split_of.get(k, -1) for k in keys.tolist()], np.int64)
+    member = np.stack([(assigned == si) & in_cap for si in range(len(SPLITS))])
+
+    dropped, refilled = dict.fromkeys(SPLITS, 0), 0
+    if cfg.isolation == "strict":
+        isolated = _isolate(np.stack([r1, r2, r3]), member, assigned == 0, ct, m3, cfg.max_pairs_per_target, rng)
+        dropped = {s: int((member[si] & ~isolated[si]).sum()) for si, s in enumerate(SPLITS)}
+        refilled = int((isolated[0] & ~member[0]).sum())
+        for si, held in ((0, "validation or test"), (1, "test")):
+            if member[si].any() and not isolated[si].any():
+                raise ValueError(
+                    f"make_pairs: strict isolation leaves no {SPLITS[si]} triples (of {int(member[si].sum())} "
+                    f"before): each shares a CNN with a {held} triple{where}. Splits are dealt by class "
+                    f"set across all seeds, so a held-out triple blocks its class sets in training in "
+                    f"every seed; a zoo with two seeds, one held out, would avoid that, but make_pairs "
+                    f"cannot hold out a seed yet. Meanwhile try a max_pairs_per_target cap, smaller "
+                    f"val/test fractions in split, or isolation 'none' (split_by='pair' shares more "
+                    f"CNNs, not fewer)"
+                )
+        member = isolated
 
     frames, targets, class_pairs = {}, {}, {}
     for si, s in enumerate(SPLITS):
-        sel = assigned == si
+        sel = member[si]
         g = group[sel]
         frames[s] = pd.DataFrame(
             {
@@ -502,4 +631,4 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
         targets[s] = sorted(set(frames[s]["c3"]))
         pk = {tuple(sorted((x, y))) for x, y in zip(frames[s]["c1"], frames[s]["c2"])}
         class_pairs[s] = sorted(pk)
-    return Pairs(cfg, len(df), frames, targets, class_pairs)
+    return Pairs(cfg, len(df), frames, targets, class_pairs, dropped, refilled)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -31,12 +33,19 @@ from wsmerge.files import atomic_write
 from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix
 from wsmerge.model import ModelConfig, TransformerAE
 from wsmerge.pairs import PairConfig, Pairs, make_pairs
+from wsmerge.predictiveness import pair_losses, predictiveness, write_predictiveness_csv
 from wsmerge.zoo import load, load_init, weights_matrix
 
-__all__ = ["RunConfig", "RunResult", "train", "CHECKPOINT"]
+__all__ = ["BEST", "CHECKPOINT", "PREDICTIVENESS", "SCALINGS", "SELECT", "RunConfig", "RunResult", "train"]
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+PREDICTIVENESS = "loss_predictiveness.csv"  # the model of the epoch with the best validation acc_in: the one tested
+SCALINGS = ("none", "first")
 _FORMAT = "wsmerge-run-checkpoint"
+# What picks the best epoch (and drives early stopping): the validation pairs' in-distribution
+# accuracy of the generated CNNs. Test pairs never take part in a choice.
+SELECT = "val/generated/acc_in"
 # Fields that may differ between a run and the run it resumes: where it writes, how long
 # it goes on, and how chatty it is.
 _RESUMABLE_CHANGES = ("out", "epochs", "progress")
@@ -52,11 +61,24 @@ class RunConfig:
     pairs: PairConfig = field(default_factory=PairConfig)
     losses: dict[str, float] = field(default_factory=lambda: {"mse": 1.0})
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How the mix weighs its terms: "none" adds them raw; "first" divides each by its mean
+    # over the first `scale_batches` training batches (frozen, and kept in the checkpoint),
+    # as the behavioral paper's code does, so that its weights weigh terms of about 1 (raw,
+    # mse ≈ 0.04 beside behavioral ≈ 9 makes the structural term vanish). Unset: "first"
+    # for a mix of two or more terms, "none" for one.
+    loss_scaling: str | None = None
+    scale_batches: int = 5
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    # Query images per test pair for `loss_predictiveness.csv`: every registered loss between
+    # the generated and target CNNs at its exact setting, correlated with their accuracy
+    # (0: no table; about 1 s a pair at 64 on a 2-core CPU).
+    predictiveness_images: int = 64
     # Fine-tuning steps in the per-epoch validation; the test evaluation at the end uses
     # evaluation.finetune_steps. Fine-tuning every epoch costs minutes on a CPU.
     val_finetune_steps: int = 0
     epochs: int = 10
+    # Stop when validation acc_in has not improved for this many epochs (0: never).
+    early_stopping: int = 0
     batch_size: int = 32
     lr: float = 1e-4
     # Optimizer steps over which the learning rate rises linearly from lr/warmup_steps to lr:
@@ -65,12 +87,15 @@ class RunConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    # Query images per pair and step for the losses that run the CNNs (behavioral,
-    # jacobian, fisher), drawn from the training images of the pair's target classes:
-    # 8 a pair is the behavioral paper's 256 per batch of 32.
+    # Query images drawn per pair and step, from the training images of the pair's target
+    # classes, for the losses that run the CNNs (behavioral, jacobian, fisher; each uses the
+    # first `queries` of its options). The behavioral paper shows each model 256; every
+    # image costs a forward and backward of each generated CNN, so the CPU default is 8.
     query_images: int = 8
     seed: int = 0
     device: str = "auto"  # auto: cuda when present
+    # Autocast precision on CUDA (the report trains in bf16); the CPU always runs fp32.
+    precision: str = "bf16"
     progress: bool = True
 
     def __post_init__(self):
@@ -84,13 +109,19 @@ class RunConfig:
         if not isinstance(self.losses, Mapping):
             raise ValueError(f"losses must be a mapping name -> weight, got {type(self.losses).__name__}")
         set_("losses", validate_mix(self.losses, self.loss_options))
-        for name in ("epochs", "batch_size", "query_images"):
+        if self.loss_scaling is None:
+            set_("loss_scaling", "first" if sum(w > 0 for w in self.losses.values()) > 1 else "none")
+        if self.loss_scaling not in SCALINGS:
+            raise ValueError(f"loss_scaling must be one of {list(SCALINGS)}, got {self.loss_scaling!r}")
+        for name in ("epochs", "batch_size", "query_images", "scale_batches"):
             check_int(getattr(self, name), name, 1)
-        for name in ("val_finetune_steps", "warmup_steps"):
+        for name in ("val_finetune_steps", "warmup_steps", "early_stopping", "predictiveness_images"):
             check_int(getattr(self, name), name, 0)
         for name in ("lr", "grad_clip"):
             check_number(getattr(self, name), name, 0, open_low=True)
         check_number(self.weight_decay, "weight_decay", 0, 1)
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -116,8 +147,10 @@ class RunConfig:
 @dataclass
 class RunResult:
     history: list[dict[str, float]]  # one report per epoch
-    test: dict[str, float]  # test-pair summary (flat method/metric keys)
+    test: dict[str, float]  # test-pair summary (flat method/metric keys) of the best epoch's model
     out: Path
+    best_epoch: int  # the epoch whose model was tested (best validation acc_in)
+    scales: dict[str, float]  # what each term of the mix was divided by (1 without scaling)
 
 
 # --------------------------------------------------------------------------------- set-up
@@ -175,11 +208,12 @@ def _query_images(data: _Data, targets: list[tuple[int, ...]], n: int, gen: torc
     return data.mnist.train.images[torch.stack(idx).to(data.mnist.train.images.device)]
 
 
-def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data: _Data, gen, device):
-    """The model's output for one batch and the loss mix on it: (generated, total, terms)."""
+def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data: _Data, gen, device, scales=None):
+    """The model's output for one batch and the loss mix on it: (generated, total, terms).
+    Every random draw (query images, permutations, the losses' probes) comes from `gen`."""
     needs = required_context(cfg.losses)
     images = _query_images(data, targets, cfg.query_images, gen) if "images" in needs else None
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16"):
         out = model(w1, w2)
         # The contrastive term's second view: the same pairs after neuron permutations,
         # which change the weights but not the functions.
@@ -188,14 +222,16 @@ def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data:
         activation=act,
         images=images,
         sources=(w1, w2),
-        latents=tuple(h.float() for h in out.latents),
         neck=out.neck.float(),
         neck_aug=None if aug is None else aug.float(),
-        encode=lambda w: model.encode(w, 0),
+        encode=model.encode,
+        fuse=model.fuse,
+        project=model.project if model.projection is not None else None,
+        generator=gen,
         options=cfg.loss_options,
     )
     pred = out.weights.float()
-    total, terms = mix_loss(pred, w3, cfg.losses, ctx)
+    total, terms = mix_loss(pred, w3, cfg.losses, ctx, scales)
     return pred, total, terms
 
 
@@ -227,17 +263,46 @@ def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- train
 
 
-def _train_epoch(cfg, model, opt, sched, data, gen, device, bar) -> dict[str, float]:
-    model.train()
+def _train_batches(cfg, data, gen, device):
+    """(rows, w1, w2, w3, activation, targets) of each training batch, in the epoch's order."""
     w1_all, w2_all, w3_all = data.pairs.tensors("train", data.weights)
     meta = data.pairs.meta("train")
-    sums: dict[str, float] = {}
-    count = 0
     for rows in _batches(meta["activation"], cfg.batch_size, gen):
         r = rows.to(device)
-        act = meta["activation"][rows[0]]
         targets = [meta["c3"][i] for i in rows.tolist()]
-        _, total, terms = _merge(cfg, model, w1_all[r], w2_all[r], w3_all[r], act, targets, data, gen, device)
+        yield rows, w1_all[r], w2_all[r], w3_all[r], meta["activation"][rows[0]], targets
+
+
+def _loss_scales(cfg, model, data, device) -> dict[str, float]:
+    """Each term's divisor: its mean over the first `scale_batches` batches of training
+    pairs, measured on the untrained model (in eval mode, with generators of their own, so
+    that training draws the same whatever the scaling), or 1 without scaling."""
+    if cfg.loss_scaling == "none":
+        return {n: 1.0 for n, w in cfg.losses.items() if w > 0}
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    sums: dict[str, float] = {}
+    count = 0
+    model.eval()
+    for i, (_, w1, w2, w3, act, targets) in enumerate(_train_batches(cfg, data, gen, device)):
+        if i == cfg.scale_batches:
+            break
+        _, _, terms = _merge(cfg, model, w1, w2, w3, act, targets, data, gen, device)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().sum().item()
+        count += len(w1)
+    scales = {k: v / count for k, v in sums.items()}
+    bad = {k: v for k, v in scales.items() if not (math.isfinite(v) and v > 0)}
+    if bad:
+        raise ValueError(f"loss_scaling 'first': terms {bad} are not > 0 on the first batches; use loss_scaling: none")
+    return scales
+
+
+def _train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales) -> dict[str, float]:
+    model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    for rows, w1, w2, w3, act, targets in _train_batches(cfg, data, gen, device):
+        _, total, terms = _merge(cfg, model, w1, w2, w3, act, targets, data, gen, device, scales)
         loss = total.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -248,6 +313,7 @@ def _train_epoch(cfg, model, opt, sched, data, gen, device, bar) -> dict[str, fl
         sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v.detach().mean().item() * n
+            sums[f"scaled/{k}"] = sums.get(f"scaled/{k}", 0.0) + v.detach().mean().item() / scales[k] * n
         count += n
         bar.update(n)
         bar.set_postfix(loss=f"{sums['loss'] / count:.4g}")
@@ -255,9 +321,9 @@ def _train_epoch(cfg, model, opt, sched, data, gen, device, bar) -> dict[str, fl
 
 
 @torch.no_grad()
-def _generate(cfg, model, data, split, device, gen) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+def _generate(cfg, model, data, split, device, gen, scales) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """The model's CNNs for every pair of `split` and each pair's loss terms (unweighted)
-    and total, computed as in training but without dropout."""
+    and total (the trained objective, scaled), computed as in training but without dropout."""
     model.eval()
     w1_all, w2_all, w3_all = data.pairs.tensors(split, data.weights)
     meta = data.pairs.meta(split)
@@ -270,16 +336,20 @@ def _generate(cfg, model, data, split, device, gen) -> tuple[torch.Tensor, dict[
             r = rows.to(device)
             targets = [meta["c3"][i] for i in rows.tolist()]
             with torch.enable_grad():  # jacobian, fisher and contractive differentiate inside
-                pred, total, terms = _merge(cfg, model, w1_all[r], w2_all[r], w3_all[r], act, targets, data, gen, device)
+                pred, total, terms = _merge(
+                    cfg, model, w1_all[r], w2_all[r], w3_all[r], act, targets, data, gen, device, scales
+                )
             generated[r] = pred.detach()
             for k, v in {"loss": total, **terms}.items():
                 per_pair.setdefault(k, np.full(len(acts), np.nan))[rows.numpy()] = v.detach().float().cpu().numpy()
     return generated, per_pair
 
 
-def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig):
+def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig, scales, exact: bool = False):
+    """(EvalResult, summary) of `split`; `exact` adds the loss-predictiveness table (None
+    otherwise) as a third item."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same query images every epoch
-    generated, losses = _generate(cfg, model, data, split, device, gen)
+    generated, losses = _generate(cfg, model, data, split, device, gen, scales)
     w1, w2, w3 = data.pairs.tensors(split, data.weights)
     meta = data.pairs.meta(split)
     images = data.mnist.val if split == "val" else data.mnist.test
@@ -289,9 +359,41 @@ def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig):
     )
     for k, v in losses.items():
         result.per_pair[f"loss/{k}"] = result.per_pair["pair"].map(dict(enumerate(v)))
+    table = None
+    if exact and cfg.predictiveness_images:
+        table = _loss_predictiveness(cfg, model, data, split, device, generated, result, losses["loss"])
     summary = result.summary()
     summary.update({f"loss/{k}": float(np.mean(v)) for k, v in losses.items()})
-    return result, summary
+    return result, summary, table
+
+
+@torch.no_grad()
+def _loss_predictiveness(cfg, model, data, split, device, generated, result, pair_loss) -> pd.DataFrame:
+    """Every registered loss at its exact setting between the generated and the target CNN of
+    each pair (added to the generated rows of `result.per_pair` as `exact/<loss>`), and the
+    table of their correlations with acc_in and ft_acc_in; the trained mix is the row `mix`."""
+    model.eval()
+    w1, w2, w3 = data.pairs.tensors(split, data.weights)
+    meta = data.pairs.meta(split)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    images = _query_images(data, meta["c3"], cfg.predictiveness_images, gen)
+
+    def context(rows: torch.Tensor) -> LossContext:
+        r = rows.to(device)
+        return LossContext(
+            activation=meta["activation"][int(rows[0])], images=images[r], sources=(w1[r], w2[r]),
+            neck=model(w1[r], w2[r]).neck.float(), encode=model.encode, fuse=model.fuse, generator=gen,
+        )
+
+    losses = pair_losses(generated, w3, context, cfg.batch_size, groups=meta["activation"])
+    losses.values["mix"] = pair_loss
+    gen_rows = result.per_pair["method"] == "generated"
+    by_pair = result.per_pair[gen_rows].set_index("pair").sort_index()
+    for name in losses.values:
+        result.per_pair.loc[gen_rows, f"exact/{name}"] = result.per_pair.loc[gen_rows, "pair"].map(losses.values[name])
+    ft = by_pair["ft_acc_in"].to_numpy() if "ft_acc_in" in by_pair else None
+    ev = cfg.evaluation
+    return predictiveness(losses, by_pair["acc_in"].to_numpy(), ft, ev.bootstrap, ev.ci, ev.seed)
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -308,13 +410,41 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _stopped_early(cfg: RunConfig, history: list[dict[str, float]], best_epoch: int) -> bool:
+    return bool(cfg.early_stopping) and bool(history) and history[-1]["epoch"] - best_epoch >= cfg.early_stopping
+
+
+def _save_best(path: Path, model: TransformerAE, epoch: int, value: float) -> None:
+    saved = {"format": _FORMAT, "epoch": epoch, SELECT: value, "model": model.state_dict()}
+    atomic_write(path, lambda p: torch.save(saved, p))
+
+
+def _load_best(path: Path, model: TransformerAE) -> int:
+    try:
+        best = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable best-epoch model ({type(e).__name__}: {e})") from None
+    if not isinstance(best, dict) or best.get("format") != _FORMAT:
+        raise ValueError(f"{path}: not a wsmerge best-epoch model")
+    model.load_state_dict(best["model"])
+    return int(best["epoch"])
+
+
+def _isolated(fn, device: torch.device):
+    """fn() without touching torch's global RNG (which dropout draws from): the evaluation
+    between two epochs must leave training's random stream as a resumed run finds it."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return fn()
+
+
 def train(
     cfg: RunConfig,
     report: Callable[[dict[str, float]], None] | None = None,
     resume: bool = False,
 ) -> RunResult:
-    """Train, validate every epoch, test at the end. `resume`: continue the checkpoint in
-    `cfg.out` (an error if there is none); without it, `cfg.out` must not hold a run."""
+    """Train, validate every epoch, test the best epoch's model at the end. `resume`:
+    continue the checkpoint in `cfg.out` (an error if there is none); without it, `cfg.out`
+    must not hold a run."""
     out = Path(cfg.out)
     ck_path = out / CHECKPOINT
     if not resume and ck_path.exists():
@@ -333,7 +463,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(cfg.warmup_steps, 1)))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
-    start_epoch = 1
+    start_epoch, best_epoch, best_value = 1, 0, -math.inf
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         opt.load_state_dict(checkpoint["optimizer"])
@@ -341,22 +471,30 @@ def train(
         _set_rng_state(checkpoint["rng"], gen)
         history = json.loads(checkpoint["history"])
         start_epoch = int(checkpoint["epoch"]) + 1
+        scales = json.loads(checkpoint["scales"])
+        best_epoch, best_value = int(checkpoint["best_epoch"]), float(checkpoint["best_value"])
+    else:
+        scales = _isolated(lambda: _loss_scales(cfg, model, data, device), device)
 
     val_cfg = dataclasses.replace(cfg.evaluation, finetune_steps=cfg.val_finetune_steps)
     n_train = len(data.pairs["train"])
     bar = tqdm(total=n_train * (cfg.epochs - start_epoch + 1), unit="pair", desc="train", disable=not cfg.progress)
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
+            if _stopped_early(cfg, history, best_epoch):
+                break
             t0 = time.perf_counter()
-            metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, sched, data, gen, device, bar)}
+            metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales)}
             metrics["train/seconds"] = time.perf_counter() - t0
             metrics["train/lr"] = opt.param_groups[0]["lr"]
-            # The RNG state is taken before validation, which draws nothing from it, so a
-            # resumed run starts its next epoch from the very same state.
-            state = _rng_state(gen)
-            _, val = _evaluate(cfg, model, data, "val", device, val_cfg)
+            _, val, _ = _isolated(lambda: _evaluate(cfg, model, data, "val", device, val_cfg, scales), device)
             metrics.update({f"val/{k}": v for k, v in val.items()})
             metrics["val/seconds"] = time.perf_counter() - t0 - metrics["train/seconds"]
+            # NaN (no validation pair scored) never counts as an improvement.
+            if metrics[SELECT] > best_value:
+                best_epoch, best_value = epoch, metrics[SELECT]
+                _save_best(out / BEST, model, epoch, best_value)
+            metrics["best_epoch"] = best_epoch
             history.append(metrics)
             saved = {
                 "format": _FORMAT,
@@ -365,18 +503,35 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
-                "rng": state,
+                "rng": _rng_state(gen),
                 "history": json.dumps(history),
+                "scales": json.dumps(scales),
+                "best_epoch": best_epoch,
+                "best_value": best_value,
             }
             atomic_write(ck_path, lambda p: torch.save(saved, p))
-            atomic_write(out / "history.json", lambda p: Path(p).write_text(json.dumps(history, indent=1)))
+            record = {"loss_scales": scales, "best_epoch": best_epoch, "history": history}
+            atomic_write(out / "history.json", lambda p: Path(p).write_text(json.dumps(record, indent=1)))
             if report is not None:
                 report(metrics)
     finally:
         bar.close()
 
-    result, test = _evaluate(cfg, model, data, "test", device, cfg.evaluation)
+    if best_epoch:
+        _load_best(out / BEST, model)
+    result, test, table = _isolated(
+        lambda: _evaluate(cfg, model, data, "test", device, cfg.evaluation, scales, exact=True), device
+    )
     atomic_write(out / "test_pairs.csv", lambda p: result.per_pair.to_csv(p, index=False))
-    summary = json.dumps({"config": cfg.to_dict(), "test": test, "epochs": len(history)}, indent=1)
-    atomic_write(out / "result.json", lambda p: Path(p).write_text(summary))
-    return RunResult(history, test, out)
+    if table is not None:
+        write_predictiveness_csv(table, out / PREDICTIVENESS)
+    summary = {
+        "config": cfg.to_dict(),
+        "test": test,
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "stopped_early": _stopped_early(cfg, history, best_epoch) and len(history) < cfg.epochs,
+        "loss_scales": scales,
+    }
+    atomic_write(out / "result.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
+    return RunResult(history, test, out, best_epoch, scales)

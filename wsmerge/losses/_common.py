@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["quantile_points", "rademacher", "safe_sqrt"]
+__all__ = ["probe_generator", "quantile_points", "rademacher", "safe_sqrt"]
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -28,8 +28,16 @@ def quantile_points(x: torch.Tensor, n: int) -> torch.Tensor:
     return s[..., idx]
 
 
-def rademacher(shape: tuple[int, ...], seed: int | None) -> torch.Tensor:
-    """±1 probes (float32) for Hutchinson-type estimates E_v ‖Aᵀv‖² = ‖A‖_F²: from torch's
-    global generator (fresh each call, so training sees every direction), or seeded."""
-    gen = None if seed is None else torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).float()
+def probe_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
+    """Where a loss draws its random numbers: from its own `seed` option if set (a fixed
+    estimate, e.g. for comparing values), else from the caller's generator (ctx.generator:
+    a training run that owns its generator resumes exactly), else None, torch's global one
+    (fresh each call, so training sees every direction)."""
+    return torch.Generator().manual_seed(seed) if seed is not None else generator
+
+
+def rademacher(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    """±1 probes (float32) for Hutchinson-type estimates E_v ‖Aᵀv‖² = ‖A‖_F², drawn on the
+    CPU from `generator` (see `probe_generator`); the caller moves them to its device, so a
+    CPU generator serves a model on any device and the draws do not depend on the device."""
+    return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).float()

@@ -9,7 +9,7 @@ import torch
 
 from ..cnn import N_PARAMS, check_activation
 
-__all__ = ["CONTEXT_FIELDS", "LossContext", "check_context"]
+__all__ = ["CONTEXT_FIELDS", "OPTIONAL_FIELDS", "LossContext", "check_context"]
 
 
 @dataclass
@@ -21,41 +21,54 @@ class LossContext:
     images: query images, [B, N, 1, 28, 28] (each sample its own, of its target's classes)
         or [N, 1, 28, 28] shared by the batch.
     sources: the source CNNs' weights (w1, w2), each [B, 2464].
-    latents: encoder latents of the two inputs (h1, h2), each [B, d].
     neck: the model's neck (fused bottleneck) for this batch, [B, k].
     neck_aug: the neck for the same pairs after a behaviour-preserving neuron permutation of
         both inputs (see `permute_neurons`), [B, k]: the second view of `contrastive`.
-    encode: weights [B, 2464] -> latent [B, d], differentiable (the model's encoder).
+    encode: (weights [B, 2464], k) -> latent [B, d], the model's encoder k ∈ {0, 1}
+        (`TransformerAE.encode`), differentiable.
+    fuse: (h1 [B, d], h2 [B, d]) -> [B, k], the model's fusion layer, tanh(Linear(h1 ‖ h2))
+        (`TransformerAE.fuse`), differentiable.
+
+    Optional, read when set and never required (OPTIONAL_FIELDS):
+    project: [B, k] -> [B, p], the contrastive projection head; `contrastive` compares
+        project(neck) and project(neck_aug) when it is set, the necks themselves otherwise.
+    generator: a CPU torch.Generator for every random draw inside the losses (their
+        probes), unless a loss's own `seed` option is set; None: torch's global generator.
+
     options: per-loss options, e.g. {"quantile": {"q": 0.9}}.
     """
 
     activation: str | None = None
     images: torch.Tensor | None = None
     sources: tuple[torch.Tensor, torch.Tensor] | None = None
-    latents: tuple[torch.Tensor, torch.Tensor] | None = None
     neck: torch.Tensor | None = None
     neck_aug: torch.Tensor | None = None
-    encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    encode: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
+    generator: torch.Generator | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-CONTEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LossContext) if f.name != "options")
+OPTIONAL_FIELDS: tuple[str, ...] = ("project", "generator")
+# The fields a loss may list in its `needs`.
+CONTEXT_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(LossContext) if f.name != "options" and f.name not in OPTIONAL_FIELDS
+)
 
 
 def _shape(t: Any) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _check_pair(value: Any, batch: int, what: str, width: int | None) -> str | None:
+def _check_sources(value: Any, batch: int) -> str | None:
+    want = f"sources must be two [{batch}, {N_PARAMS}] tensors"
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        return f"{what} must be a pair of tensors, got {type(value).__name__}"
+        return f"{want}, got {type(value).__name__}"
     a, b = value
     for t in (a, b):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != batch:
-            return f"{what} must be two [{batch}, d] tensors, got {_shape(a)} and {_shape(b)}"
-    if a.shape != b.shape or (width is not None and a.shape[1] != width):
-        want = f"[{batch}, {width}]" if width else "the same shape"
-        return f"{what} must both be {want}, got {_shape(a)} and {_shape(b)}"
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (batch, N_PARAMS):
+            return f"{want}, got {_shape(a)} and {_shape(b)}"
     return None
 
 
@@ -76,24 +89,26 @@ def _check_field(name: str, value: Any, batch: int) -> str | None:
             return f"images must be [N,1,28,28] or [{batch},N,1,28,28] with N>0, got {_shape(value)}"
         return None
     if name == "sources":
-        return _check_pair(value, batch, "sources", N_PARAMS)
-    if name == "latents":
-        return _check_pair(value, batch, "latents", None)
+        return _check_sources(value, batch)
     if name in ("neck", "neck_aug"):
         if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != batch:
             return f"{name} must be [{batch}, k], got {_shape(value)}"
         return None
-    if name == "encode":
-        return None if callable(value) else f"encode must be callable, got {type(value).__name__}"
+    if name in ("encode", "fuse", "project"):
+        return None if callable(value) else f"{name} must be callable, got {type(value).__name__}"
+    if name == "generator":
+        ok = isinstance(value, torch.Generator)
+        return None if ok else f"generator must be a torch.Generator, got {type(value).__name__}"
     raise AssertionError(name)
 
 
 def check_context(ctx: LossContext, needs: frozenset[str], batch: int, loss: str) -> None:
-    """Raise ValueError naming `loss` and the field if a needed field is missing or malformed."""
+    """Raise ValueError naming `loss` and the field if a needed field is missing or malformed,
+    or an optional field is set but malformed (any loss may read those)."""
     missing = sorted(f for f in needs if getattr(ctx, f) is None)
     if missing:
         raise ValueError(f"loss {loss!r} needs LossContext field(s) {missing}, which are not set")
-    for name in sorted(needs):
+    for name in sorted(needs) + [f for f in OPTIONAL_FIELDS if getattr(ctx, f) is not None]:
         why = _check_field(name, getattr(ctx, name), batch)
         if why:
             raise ValueError(f"loss {loss!r}: {why}")

@@ -13,7 +13,7 @@ import torch
 from torch.autograd import forward_ad
 
 from ..cnn import batched_forward
-from ._common import rademacher, safe_sqrt
+from ._common import probe_generator, rademacher, safe_sqrt
 from ._registry import register
 
 
@@ -29,26 +29,49 @@ def _check_queries(n: int) -> None:
         raise ValueError(f"queries must be >= 0 (0 = all of ctx.images), got {n}")
 
 
+_OUTPUTS = ("probs", "logits")
+
+
 @dataclass(frozen=True)
 class BehavioralOptions:
     queries: int = 8
+    output: str = "probs"
 
     def __post_init__(self):
         _check_queries(self.queries)
+        if self.output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {self.output!r}")
+
+
+def _behaviour(logits: torch.Tensor, output: str) -> torch.Tensor:
+    return logits if output == "logits" else torch.softmax(logits, dim=-1)
 
 
 @register("behavioral", options=BehavioralOptions, needs=("activation", "images"))
 def behavioral(pred, target, ctx, opt):
-    """Behavioral loss ("Structure Is Not Enough", Eq. 1): mean over query images and the 10
-    logits of (f_pred(x) − f_target(x))², on unlabeled images of the target's classes.
+    """Behavioral loss ("Structure Is Not Enough", Eq. 1, L_B): mean over query images and
+    the 10 classes of (f_pred(x) − f_target(x))², on unlabeled images of the target's classes.
 
-    Logits, MSE: the paper found cross-entropy and distillation variants unstable. The paper
-    draws 256 queries per batch; at the default queries=8 per sample a batch of 32 sees 256
-    (256 per sample costs about 1 s per batch here). Needs the CNNs' activation."""
+    output="probs" (default): f(x) is the softmax of the CNN's logits, as in the paper's code,
+    whose `l2` behavioral loss (the variant the paper found stable, where cross-entropy and
+    distillation were not) is the MSE of softmax outputs, averaged like this one.
+    output="logits": f(x) is the logits. Why one might pick them: probabilities saturate, so
+    a predicted CNN with huge, wrong logits sits where the softmax is flat and gets almost
+    no gradient, while the logits' gradient stays proportional to the error. Why not by
+    default: logits are on an arbitrary scale (a CNN with its logits doubled classifies
+    alike yet differs), so they also chase differences that change no prediction, and
+    their squared error is unbounded and harder to weigh against other terms.
+
+    queries: query images per sample (default 8; 0 = all of ctx.images). With per-sample
+    images ([B, N, ...]) each pair's CNNs see only their own 8, whereas the paper shows
+    every model of a batch the same 256 queries. The trade is cost against noise: a CNN
+    forward and backward costs about 0.12 ms per image here, so 8 queries keep a batch of
+    32 pairs near 30 ms where 256 would take about 1 s (bench/loss_cost.md); the price is a
+    noisier estimate per step, unbiased when the caller draws fresh images each batch."""
     x = _queries(ctx.images, opt.queries)
     with torch.no_grad():
-        ref = batched_forward(target, x, ctx.activation)
-    return ((batched_forward(pred, x, ctx.activation) - ref) ** 2).mean(dim=(1, 2))
+        ref = _behaviour(batched_forward(target, x, ctx.activation), opt.output)
+    return ((_behaviour(batched_forward(pred, x, ctx.activation), opt.output) - ref) ** 2).mean(dim=(1, 2))
 
 
 def input_jacobian_products(
@@ -89,14 +112,14 @@ def jacobian(pred, target, ctx, opt):
 
     Differentiable in pred by double backward. ‖ΔJ‖_F² = E_v ‖vᵀΔJ‖² is estimated with
     `probes` Rademacher vectors v over the 10 logits (default 2; the same for both CNNs;
-    fresh each call from torch's global generator, or from `seed` if set; 0 = exact, all ten
-    rows), which cuts the cost 5x. Default queries=1 per sample (32 images per batch of
+    drawn from `seed` if set, else ctx.generator, else torch's global generator; 0 = exact,
+    all ten rows), which cuts the cost 5x. Default queries=1 per sample (32 images per batch of
     32, fresh ones each batch if the caller draws them so) keeps a batch within 50 ms."""
     x = _queries(ctx.images, opt.queries)
     if opt.probes == 0:
         v, scale = torch.eye(10), 1.0
     else:
-        v, scale = rademacher((opt.probes, 10), opt.seed), 1.0 / opt.probes
+        v, scale = rademacher((opt.probes, 10), probe_generator(opt.seed, ctx.generator)), 1.0 / opt.probes
     jp = input_jacobian_products(pred, x, ctx.activation, v, create_graph=torch.is_grad_enabled())
     jt = input_jacobian_products(target, x, ctx.activation, v, create_graph=False)
     return safe_sqrt(scale * ((jp - jt) ** 2).sum(dim=(2, 3)).mean(dim=1))

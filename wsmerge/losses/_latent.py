@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..cnn import N_PARAMS, unflatten
-from ._common import rademacher
+from ._common import probe_generator, rademacher
 from ._registry import register
 
 __all__ = ["permute_neurons"]
@@ -29,27 +30,39 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a - b) ** 2).mean(dim=1)
 
 
-@register("latent", options=LatentOptions, needs=("encode", "latents"))
+@register("latent", options=LatentOptions, needs=("encode", "fuse", "sources", "neck"))
 def latent(pred, target, ctx, opt):
-    """Latent consistency [4.5.16], the relative term: 2·L_pred / (L_x1 + L_x2 + ε), with
-    L_pred = MSE(E(pred), E(target)) and L_xi = MSE(h_i, E(target)), E = ctx.encode and
-    (h1, h2) = ctx.latents, the latents of the two inputs.
+    """Latent consistency [4.5.16]: Σ_{k=0,1} L_Z^(k) + 2·L_pred^(k) / (L_x1^(k) + L_x2^(k) + ε).
 
-    Below 1 when the prediction is closer to the target in latent space than the inputs
-    are; its value is scale-free, so comparable across encoders and epochs. The denominator
-    is detached by default (option detach_baseline): otherwise the cheapest way to lower it
-    is to push the inputs' latents away from the target's. (Detached, the gradient can also
-    shrink the latents, so mix it with a term that anchors them, e.g. `mse` or `behavioral`.)
-    For a double encoder, E and h are whatever the caller pairs (e.g. both encoders' latents concatenated). The report's
-    post-merge term L_Z (neck vs. a fusion of the target's own latent) does not involve the
-    predicted weights and needs the fusion layer: it belongs to the model's training step."""
-    z = ctx.encode(torch.cat([pred, target]))
-    zp, zt = z[: pred.shape[0]], z[pred.shape[0] :]
-    h1, h2 = ctx.latents
-    base = _mse(h1, zt) + _mse(h2, zt)
-    if opt.detach_baseline:
-        base = base.detach()
-    return 2 * _mse(zp, zt) / (base + opt.eps)
+    For each encoder E_k = ctx.encode(·, k), with z_w = E_k(w) for w in the inputs
+    (x1, x2) = ctx.sources, pred and target:
+      L_pred = MSE(ẑ_pred, ẑ_target), L_xi = MSE(ẑ_xi, ẑ_target), ẑ = z / ‖z‖ (so each is
+        (2 − 2·cos)/d): the ratio is below 1 when the prediction is closer to the target in
+        latent space than the inputs are, 0 at pred = target;
+      L_Z = MSE(fuse(z_target, z_target), ctx.neck): the target's latent, duplicated
+        through the fusion layer ctx.fuse, against the model's neck (the report's output[1]).
+
+    Unit latents in the ratio, because the raw ratio invites collapse: with its denominator
+    detached, its gradient shrinks every latent (the numerator falls with their scale, the
+    detached denominator does not), and ε then rewards latents near 0. The unit ratio does
+    not change with the latents' scale, and L_Z, on the raw latents as the model fuses them,
+    does not change when the fusion weights undo that scale: no term pushes it.
+    The denominator is detached by default (option detach_baseline): otherwise the cheapest
+    way to lower the ratio is to move the inputs' latents away from the target's.
+    Not 0 at pred = target (L_Z does not read pred). With dropout in the encoders, pred
+    and target see different masks, so the ratio is then only near 0 there."""
+    b = pred.shape[0]
+    x1, x2 = ctx.sources
+    total = pred.new_zeros(b)
+    for k in (0, 1):
+        z = ctx.encode(torch.cat([pred, target, x1, x2]), k)
+        zp, zt, z1, z2 = F.normalize(z, dim=1).split(b)
+        base = _mse(z1, zt) + _mse(z2, zt)
+        if opt.detach_baseline:
+            base = base.detach()
+        target_z = z[b : 2 * b]
+        total = total + _mse(ctx.fuse(target_z, target_z), ctx.neck) + 2 * _mse(zp, zt) / (base + opt.eps)
+    return total
 
 
 @dataclass(frozen=True)
@@ -65,35 +78,39 @@ class ContractiveOptions:
 @register("contractive", options=ContractiveOptions, needs=("encode",))
 def contractive(pred, target, ctx, opt):
     """Contractive loss [4.5.4] used, as the report says, to compare two CNNs:
-    |C(pred) − C(target)|, C(w) = ‖∂E(w)/∂w‖_F², the contractive penalty of the encoder
-    E = ctx.encode at each CNN (the report's Σ_i (h_i(1−h_i))² ‖W_i‖² is its closed form
-    for one sigmoid layer; here E is any differentiable encoder).
+    |C(pred) − C(target)|, C(w) = Σ_{k=0,1} ‖∂E_k(w)/∂w‖_F², the contractive penalties of
+    both encoders E_k = ctx.encode(·, k) at each CNN, summed (the report's
+    Σ_i (h_i(1−h_i))² ‖W_i‖² is its closed form for one sigmoid layer; here E_k is any
+    differentiable encoder).
 
-    C(w) = E_v ‖J_Eᵀ v‖² is estimated with `probes` Rademacher vectors v (default 4; 0 =
-    exact, one VJP per latent dimension), the same v for pred and target (so it is exactly
-    0 at pred = target), fresh each call from torch's global generator (a fixed v would
-    only ever constrain those directions), or from `seed` if set. Its
-    gradient needs double backward through the encoder, which also trains the encoder to be
-    equally smooth around the prediction and the target."""
+    Each ‖J‖_F² = E_v ‖Jᵀ v‖² is estimated with `probes` Rademacher vectors v (default 4;
+    0 = exact, one VJP per latent dimension), the same v for pred and target (so it is
+    exactly 0 at pred = target), drawn from `seed` if set, else ctx.generator, else torch's
+    global generator (fresh each call: a fixed v would only ever constrain those directions).
+    Its gradient needs double backward through the encoders, which also trains them to be
+    equally smooth around the prediction and the target. Torch has no second derivative for
+    the fused attention kernels, so the encoders run on the math attention backend here."""
     b = pred.shape[0]
     create_graph = torch.is_grad_enabled()
+    gen = probe_generator(opt.seed, ctx.generator)
+    c = pred.new_zeros(2 * b)
     with torch.enable_grad():
         w = torch.cat([pred, target.detach()])
         if not w.requires_grad:
             w = w.detach().requires_grad_()
-        z = ctx.encode(w)
-        d = z.shape[1]
-        if opt.probes == 0:
-            probes = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, b, d)
-        else:
-            probes = rademacher((opt.probes, b, d), opt.seed).to(z)
-        scale = 1.0 if opt.probes == 0 else 1.0 / opt.probes
-        c = z.new_zeros(2 * b)
-        for v in probes:
-            (g,) = torch.autograd.grad(
-                z, w, grad_outputs=torch.cat([v, v]), retain_graph=True, create_graph=create_graph
-            )
-            c = c + scale * (g**2).sum(dim=1)
+        for k in (0, 1):
+            with sdpa_kernel(SDPBackend.MATH):
+                z = ctx.encode(w, k)
+            d = z.shape[1]
+            if opt.probes == 0:
+                probes, scale = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, b, d), 1.0
+            else:
+                probes, scale = rademacher((opt.probes, b, d), gen).to(z), 1.0 / opt.probes
+            for v in probes:
+                (g,) = torch.autograd.grad(
+                    z, w, grad_outputs=torch.cat([v, v]), retain_graph=True, create_graph=create_graph
+                )
+                c = c + scale * (g**2).sum(dim=1)
     return (c[:b] - c[b:]).abs()
 
 
@@ -108,16 +125,23 @@ class ContrastiveOptions:
 
 @register("contrastive", options=ContrastiveOptions, needs=("neck", "neck_aug"), depends_on_pred=False)
 def contrastive(pred, target, ctx, opt):
-    """The paper's contrastive term L_C (SANE's NT-Xent) on the model's neck: the two views of
-    sample b are its neck and the neck of the same input pair after behaviour-preserving
-    neuron permutations of both inputs (ctx.neck_aug; `permute_neurons` makes them); the
-    other 2B−2 necks of the batch are the negatives. Cosine similarity, temperature τ
-    (option, default 0.1). Per sample: the mean of its two views' NT-Xent terms.
+    """The paper's contrastive term L_C (SANE's NT-Xent): the two views of sample b are its
+    neck and the neck of the same input pair after behaviour-preserving neuron permutations
+    of both inputs (ctx.neck_aug; `permute_neurons` makes them); the other 2B−2 of the
+    batch are the negatives. Cosine similarity, temperature τ (option, default 0.1). Per
+    sample: the mean of its two views' NT-Xent terms.
 
+    SANE and the paper's code apply NT-Xent to a projection head's output, not to the code
+    the decoder reads: so does this term when the caller passes the head (ctx.project,
+    applied to both views), which lets the head, rather than the neck, drop what the
+    permutation invariance asks to forget. Without a head it compares the necks themselves.
     It does not read pred or target: it trains the model through the neck
     (LossSpec.depends_on_pred is False). Its minimum is not 0 (it is log-sum-exp based)."""
     b = ctx.neck.shape[0]
-    z = F.normalize(torch.cat([ctx.neck, ctx.neck_aug]), dim=1)
+    views = torch.cat([ctx.neck, ctx.neck_aug])
+    if ctx.project is not None:
+        views = ctx.project(views)
+    z = F.normalize(views, dim=1)
     sim = z @ z.T / opt.temperature
     sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
     pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)

@@ -71,19 +71,37 @@ def mix_loss(
     target: torch.Tensor,
     mix: Mapping[str, float],
     ctx: LossContext | None = None,
+    scales: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total [B], {name: unweighted term [B]}) for the terms of `mix` with non-zero weight.
 
-    Everything is checked (mix, options, shapes, finiteness, each term's context) before any
-    term is computed, so a bad call fails fast and names the culprit."""
+    total = Σ weight · term / scale: `scales` (positive, one per term) puts terms that live on
+    very different scales (mse ≈ 0.04, behavioral ≈ 9) on a common one before they are
+    weighed, as the behavioral paper's code does; without it the terms are weighed raw.
+    Everything is checked (mix, options, scales, shapes, finiteness, each term's context)
+    before any term is computed, so a bad call fails fast and names the culprit."""
     ctx = ctx or LossContext()
     weights = {n: w for n, w in validate_mix(mix, ctx.options).items() if w > 0}
+    scales = _check_scales(scales, weights)
     _check_weights(pred, target)
     for name in weights:
         check_context(ctx, LOSSES[name].needs, pred.shape[0], name)
     terms = {name: LOSSES[name].fn(pred, target, ctx) for name in weights}
-    total = sum(w * terms[n] for n, w in weights.items())
+    total = sum(w * terms[n] / scales[n] for n, w in weights.items())
     return total, terms
+
+
+def _check_scales(scales: Mapping[str, float] | None, weights: Mapping[str, float]) -> dict[str, float]:
+    if scales is None:
+        return {n: 1.0 for n in weights}
+    missing = sorted(set(weights) - set(scales))
+    if missing:
+        raise ValueError(f"loss scales are missing for {missing}")
+    for n in weights:
+        s = scales[n]
+        if isinstance(s, bool) or not isinstance(s, Real) or not math.isfinite(s) or s <= 0:
+            raise ValueError(f"loss {n!r}: scale must be a finite number > 0, got {s!r}")
+    return {n: float(scales[n]) for n in weights}
 
 
 def loss_fn(name: str) -> Callable[..., torch.Tensor]:

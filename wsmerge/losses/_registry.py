@@ -29,7 +29,8 @@ class LossSpec:
     fn(pred [B,2464], target [B,2464], ctx) -> [B]; reads its options from
         ctx.options[name] (validated against `options`). It does not check shapes or the
         context: `mix_loss` and `loss_fn` do that first.
-    needs: the LossContext fields it reads.
+    needs: the LossContext fields it requires (the optional ones, project and generator,
+        are read when set and never listed here).
     differentiable: False marks an evaluation-only loss (its docstring says why).
     depends_on_pred: False for a term that trains the model through the context only
         (`contrastive`, through the neck); its gradient never reaches pred.

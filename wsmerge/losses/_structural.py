@@ -78,26 +78,44 @@ def mape(pred, target, ctx, opt):
 @dataclass(frozen=True)
 class ArMseOptions:
     lam: float = 1.0
-    eps: float = 1e-6
+    floor: float = 1e-2
+    eps: float = 1e-12
     detach_denominator: bool = True
 
     def __post_init__(self):
-        if not (self.lam >= 0 and self.eps > 0):
-            raise ValueError(f"need lam >= 0 and eps > 0, got lam={self.lam}, eps={self.eps}")
+        if not (self.lam >= 0 and self.floor >= 0 and self.eps > 0):
+            raise ValueError(
+                f"need lam >= 0, floor >= 0 and eps > 0, got lam={self.lam}, floor={self.floor}, eps={self.eps}"
+            )
 
 
 @register("ar_mse", options=ArMseOptions)
 def ar_mse(pred, target, ctx, opt):
     """Auto-regressive MSE [4.5.7]: L_1 + Σ_{k≥2} λ · L_k / (L_{k−1} + ε) over the ten layer
-    tensors in state_dict order (conv1.weight … fc2.bias), L_k = MSE of tensor k.
+    tensors in state_dict order (conv1.weight … fc2.bias), L_k the MSE of tensor k over
+    the batch, with a constant λ (option lam, default 1).
 
-    Per sample (the report averages L_k over the batch first; per-sample values are what
-    the mix logs). With a constant λ (option lam, default 1). The denominator is detached by
-    default (option detach_denominator): otherwise the cheapest way to lower L_k/L_{k−1}
-    is to make the earlier tensor worse, the opposite of the intent. Zero at pred = target."""
+    Per sample b: L_1,b + λ Σ_{k≥2} L_k,b / D_{k−1}, D_{k−1} = L_{k−1} + floor · S_k + eps,
+    where L_k,b is the sample's MSE of tensor k, L_{k−1} the batch mean as in the report
+    and S_k the batch mean of target tensor k's mean square. The batch mean of these values
+    is the report's loss with D for its denominator; a sample's value thus depends on its
+    batch (for B = 1 it is its own).
+
+    The floor (option, default 1e-2), relative to the scale of the tensor in the numerator,
+    bounds each ratio by that tensor's relative squared error / floor. The report's ε
+    (absolute) does not: an almost exact tensor k−1, such as a near-zero bias predicted to
+    within 1e-4 (MSE 1e-8), divides L_k by ~ε, and a prediction that is better on the bias
+    scores orders of magnitude worse. (Not the bias's own scale: the zoo's biases start at 0.)
+    eps (default 1e-12) only keeps D > 0 where tensor k−1 is exact across the batch and
+    the target's tensor k is all zero. The denominator is detached by default (option
+    detach_denominator): otherwise the cheapest way to lower L_k/L_{k−1} is to make the
+    earlier tensor worse, the opposite of the intent. Zero at pred = target."""
     seg = _segment_mse(pred, target)
-    prev = seg[:, :-1].detach() if opt.detach_denominator else seg[:, :-1]
-    return seg[:, 0] + opt.lam * (seg[:, 1:] / (prev + opt.eps)).sum(dim=1)
+    prev = seg[:, :-1].mean(dim=0)
+    if opt.detach_denominator:
+        prev = prev.detach()
+    scale = torch.stack([(target[:, s] ** 2).mean() for s in _SEGMENTS[1:]])
+    return seg[:, 0] + opt.lam * (seg[:, 1:] / (prev + opt.floor * scale + opt.eps)).sum(dim=1)
 
 
 @dataclass(frozen=True)
