@@ -19,7 +19,8 @@ _TABLE = ("acc_in", "acc_out", "forget_c1", "forget_c2", "agreement", "ft_acc_in
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sweeps.train_one", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="YAML run config (see sweeps/configs/train_tiny.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run's last checkpoint, or start if there is none; a finished run is left as it is")
     p.add_argument("--epochs", type=int, help="override the config's epochs (e.g. to extend a resumed run)")
     p.add_argument("--out", help="override the config's out directory")
     p.add_argument("--no-progress", action="store_true")
@@ -44,6 +45,10 @@ def results_table(summary: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
+def _without(argv: list[str], flag: str = "--resume") -> list[str]:
+    return [a for a in argv if a != flag]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("out", args.out)) if v is not None}
@@ -55,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ZooStoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The last finished epoch is checkpointed; the one cut short is trained again.
+        again = " ".join(["python -m sweeps.train_one", *_without(argv if argv is not None else sys.argv[1:]), "--resume"])
+        print(f"\ninterrupted; continue with:\n  {again}", file=sys.stderr)
+        return 130
+    if result.already_complete:
+        print(f"{result.out} is complete ({len(result.history)} epochs, tested epoch {result.best_epoch}); "
+              "nothing to do. Its test results:")
     t = result.test
     scales = ", ".join(f"{k} /{v:.4g}" for k, v in result.scales.items())
     print(f"\nloss scales: {scales}")

@@ -2,6 +2,7 @@
 the baselines, and a run killed part-way resumes bit-for-bit."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -92,8 +93,6 @@ def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):
 
 
 def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
-        train(_cfg(tiny_zoo, tmp_path / "x"), resume=True)
     with pytest.raises(ValueError, match="1 distinct target"):
         train(_cfg(tiny_zoo, tmp_path / "y", pairs={"overlap": 0, "epoch_bins": [2]}))
     assert not (tmp_path / "y").exists()
@@ -151,3 +150,52 @@ def test_cli_runs_resumes_and_extends(tiny_zoo, tmp_path, capsys):
     bad.write_text("zoo: [unclosed\n")
     assert train_one(["--config", str(bad)]) == 2
     assert "malformed YAML" in capsys.readouterr().err
+
+
+def test_one_resume_rule_and_finished_runs(tiny_zoo, tmp_path, monkeypatch, capsys):
+    import stat
+
+    import wsmerge.train as T
+
+    # --resume with no checkpoint starts the run.
+    old = os.umask(0o027)
+    try:
+        first = train(_cfg(tiny_zoo, tmp_path / "run", epochs=1), resume=True)
+    finally:
+        os.umask(old)
+    assert not first.already_complete and len(first.history) == 1
+    # Files get the umask's mode, not mkstemp's 0600; JSON is strict (no bare NaN).
+    for name in (CHECKPOINT, "result.json", "history.json", "test_pairs.csv"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o640, name
+    for name in ("result.json", "history.json"):
+        json.loads((tmp_path / "run" / name).read_text(), parse_constant=lambda c: pytest.fail(f"{name}: {c}"))
+
+    # A finished run is complete: nothing is trained or evaluated again.
+    def no_evaluation(*a, **k):
+        raise AssertionError("a finished run was evaluated again")
+
+    monkeypatch.setattr(T, "_evaluate", no_evaluation)
+    again = train(_cfg(tiny_zoo, tmp_path / "run", epochs=1), resume=True)
+    assert again.already_complete and _same(again.test, first.test) and again.best_epoch == first.best_epoch
+    path = tmp_path / "run.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(_cfg(tiny_zoo, tmp_path / "run", epochs=1).to_dict()))
+    assert train_one(["--config", str(path), "--resume"]) == 0
+    assert "is complete (1 epochs, tested epoch 1); nothing to do" in capsys.readouterr().out
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import sweeps.train_one as cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    path = tmp_path / "run.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(_cfg(tmp_path, tmp_path / "o").to_dict()))
+    assert cli.main(["--config", str(path)]) == 130
+    err = capsys.readouterr().err
+    assert f"python -m sweeps.train_one --config {path} --resume" in err and "Traceback" not in err

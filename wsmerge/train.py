@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.data import MNIST, Split, load_mnist
 from wsmerge.evaluate import EvalConfig, evaluate_merges
-from wsmerge.files import atomic_write
+from wsmerge.files import atomic_write, write_json
 from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix
 from wsmerge.model import ModelConfig, TransformerAE
 from wsmerge.pairs import PairConfig, Pairs, make_pairs
@@ -64,7 +64,7 @@ class RunConfig:
     # How the mix weighs its terms: "none" adds them raw; "first" divides each by its mean
     # over the first `scale_batches` training batches (frozen, and kept in the checkpoint),
     # as the behavioral paper's code does, so that its weights weigh terms of about 1 (raw,
-    # mse ≈ 0.04 beside behavioral ≈ 9 makes the structural term vanish). Unset: "first"
+    # mse ≈ 0.04 beside contrastive ≈ 5 makes the structural term vanish). Unset: "first"
     # for a mix of two or more terms, "none" for one.
     loss_scaling: str | None = None
     scale_batches: int = 5
@@ -151,6 +151,8 @@ class RunResult:
     out: Path
     best_epoch: int  # the epoch whose model was tested (best validation acc_in)
     scales: dict[str, float]  # what each term of the mix was divided by (1 without scaling)
+    # True when `train(resume=True)` found the run already finished and tested: nothing ran.
+    already_complete: bool = False
 
 
 # --------------------------------------------------------------------------------- set-up
@@ -410,6 +412,21 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _finished(cfg: RunConfig, out: Path, checkpoint: dict[str, Any]) -> RunResult | None:
+    """The result of a run that trained all its epochs (or stopped early) and was tested,
+    read back from its files; None when there is something left to do."""
+    history = json.loads(checkpoint["history"])
+    best_epoch = int(checkpoint["best_epoch"])
+    path = out / "result.json"
+    if not path.exists() or (len(history) < cfg.epochs and not _stopped_early(cfg, history, best_epoch)):
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("epochs") != len(history):  # tested before the last epochs ran: test again
+        return None
+    test = {k: math.nan if v is None else v for k, v in saved["test"].items()}
+    return RunResult(history, test, out, best_epoch, json.loads(checkpoint["scales"]), already_complete=True)
+
+
 def _stopped_early(cfg: RunConfig, history: list[dict[str, float]], best_epoch: int) -> bool:
     return bool(cfg.early_stopping) and bool(history) and history[-1]["epoch"] - best_epoch >= cfg.early_stopping
 
@@ -443,15 +460,18 @@ def train(
     resume: bool = False,
 ) -> RunResult:
     """Train, validate every epoch, test the best epoch's model at the end. `resume`:
-    continue the checkpoint in `cfg.out` (an error if there is none); without it, `cfg.out`
-    must not hold a run."""
+    continue the checkpoint in `cfg.out` if there is one, start if there is none, and return
+    a finished run's saved result without running anything (`already_complete`); without
+    `resume`, `cfg.out` must not hold a run."""
     out = Path(cfg.out)
     ck_path = out / CHECKPOINT
     if not resume and ck_path.exists():
         raise FileExistsError(f"{ck_path} exists: resume it (--resume) or choose another out")
-    if resume and not ck_path.exists():
-        raise FileNotFoundError(f"{ck_path}: no checkpoint to resume")
-    checkpoint = _load_checkpoint(ck_path, cfg) if resume else None
+    checkpoint = _load_checkpoint(ck_path, cfg) if resume and ck_path.exists() else None
+    if checkpoint is not None:
+        done = _finished(cfg, out, checkpoint)
+        if done is not None:
+            return done
     device = _device(cfg)
     data = _load_data(cfg, device)
     out.mkdir(parents=True, exist_ok=True)
@@ -511,7 +531,7 @@ def train(
             }
             atomic_write(ck_path, lambda p: torch.save(saved, p))
             record = {"loss_scales": scales, "best_epoch": best_epoch, "history": history}
-            atomic_write(out / "history.json", lambda p: Path(p).write_text(json.dumps(record, indent=1)))
+            write_json(out / "history.json", record)
             if report is not None:
                 report(metrics)
     finally:
@@ -533,5 +553,5 @@ def train(
         "stopped_early": _stopped_early(cfg, history, best_epoch) and len(history) < cfg.epochs,
         "loss_scales": scales,
     }
-    atomic_write(out / "result.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
+    write_json(out / "result.json", summary)
     return RunResult(history, test, out, best_epoch, scales)

@@ -1,6 +1,6 @@
 """Loss registry for the TransformerAE: name -> loss on (pred [B,2464], target [B,2464],
 context) returning per-sample values [B]; a mix {name: weight} gives the weighted total and
-every term unweighted (DESIGN.md, "Losses"; report section 4.5).
+every term unweighted (docs/architecture.md, "Losses"; the seed report's section 4.5).
 
     from wsmerge.losses import LossContext, mix_loss, paper_mix
     total, terms = mix_loss(pred, target, paper_mix(), LossContext(activation="relu",

@@ -184,6 +184,16 @@ PROFILES: dict[str, ZooConfig] = {
         train=TrainConfig(max_epochs=3, bins=(1, 2, 3), train_per_class=400, eval_per_class=200,
                           cycle_half_epochs=1.0),
     ),
+    # A real experiment on a laptop: the 57 class sets of {0,...,5} × relu × two seeds (so a
+    # seed can be held out), every image, 8 epochs: two-class models reach >= 98% test
+    # accuracy. 114 models, about 6 minutes a seed on 2 cores.
+    "small": ZooConfig(
+        name="small",
+        digits=(0, 1, 2, 3, 4, 5),
+        activations=("relu",),
+        seeds=(0, 1),
+        train=TrainConfig(max_epochs=8, bins=(4, 8)),
+    ),
     # The seed report's zoo: every subset of >= 2 digits × 6 activations × kaiming_uniform.
     "full": ZooConfig(
         name="full",

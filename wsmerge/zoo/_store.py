@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wsmerge.cnn import ACTIVATIONS, N_PARAMS, init_weights, layer_slices
-from wsmerge.files import atomic_write
+from wsmerge.files import atomic_write, write_json
 
 from ._config import Job, ZooConfig, class_key, parse_class_key
 from ._train import ModelRecord, bin_sources
@@ -154,7 +154,7 @@ class ZooStore:
             "jobs": [j.id for j in self.config.jobs()],
         }
         # The manifest goes last: its presence says the directory is a complete zoo skeleton.
-        atomic_write(self.manifest, lambda p: Path(p).write_text(json.dumps(manifest, indent=1)))
+        write_json(self.manifest, manifest)
 
     def _check_manifest(self) -> None:
         m = _read_manifest(self.root)
