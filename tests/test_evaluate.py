@@ -593,3 +593,28 @@ def test_curve_points_match_a_shorter_run(zoo):
     for method, curve in long.curves.items():
         final = short.per_pair.query("method == @method")["ft_acc_in"].to_numpy()
         np.testing.assert_allclose(curve[:, 1], final, atol=1e-9, err_msg=method)
+
+
+def test_a_cache_runs_the_baselines_once_and_changes_nothing(zoo, monkeypatch):
+    import wsmerge.evaluate as E
+
+    models_run = []
+    real = E._predict_with_spread
+
+    def counting(weights, *a, **k):
+        models_run.append(weights.shape[0])
+        return real(weights, *a, **k)
+
+    monkeypatch.setattr(E, "_predict_with_spread", counting)
+    acts = ["relu", "tanh", "relu"]
+    cache: dict = {}
+    # Models per forward, relu group then tanh group: all six methods of each pair the first
+    # time, the generated CNN alone after that.
+    expected = ([2 * 6, 1 * 6], [2, 1])
+    for generated, runs in zip(([zoo["w3"], zoo["init"], zoo["w1"]], [zoo["w2"], zoo["w3"], zoo["init"]]), expected):
+        plain = _run(zoo, generated, acts=acts).per_pair
+        models_run.clear()
+        cached = _run(zoo, generated, acts=acts, cache=cache).per_pair
+        pd.testing.assert_frame_equal(cached, plain)
+        assert models_run == runs
+    assert set(cache) == {"relu", "tanh"}

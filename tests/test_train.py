@@ -26,6 +26,8 @@ def _cfg(zoo, out, **kw):
         epochs=3,
         batch_size=8,
         lr=1e-3,
+        # The exact-loss table runs every loss at full size: its own tests cover it.
+        predictiveness_images=2,
         progress=False,
     )
     return RunConfig.from_dict({**base, **kw})
@@ -72,6 +74,19 @@ def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["test"]["generated/acc_in"] == pytest.approx(t["generated/acc_in"])
     assert (tmp_path / "run" / "test_pairs.csv").stat().st_size > 0
+    # Every registered loss at its exact setting, and the trained mix, against accuracy.
+    import pandas as pd
+
+    from wsmerge.losses import LOSSES
+    from wsmerge.train import PREDICTIVENESS
+
+    table = pd.read_csv(tmp_path / "run" / PREDICTIVENESS)
+    assert set(table["loss"]) == set(LOSSES) | {"mix"}
+    computed = table[table["skipped"].isna()]
+    assert set(LOSSES) - set(computed["loss"]) == {"contrastive"}  # it never reads pred
+    assert (computed["n_pairs"] == t["n_pairs"]).all() and "ft_acc_in/spearman" in table
+    pairs = pd.read_csv(tmp_path / "run" / "test_pairs.csv")
+    assert pairs.loc[pairs["method"] == "generated", "exact/bottleneck"].notna().all()
 
 
 def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):

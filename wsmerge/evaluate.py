@@ -538,16 +538,25 @@ def _finetune_group(tuned, activation, in1, in2, images, labels, acc0, train, cf
     return curves, ft
 
 
-def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train, cfg, gen):
+def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train, cfg, gen, cache=None):
     """All methods × pairs of one activation; stack [n_methods, P, D] in `methods` order, the
     target last. Returns metric → [n_methods, P] (ft_* for the fine-tuned methods only, which
-    lead) and the fine-tuning curves [n_methods − 1, P, n_evals] (None without fine-tuning)."""
+    lead) and the fine-tuning curves [n_methods − 1, P, n_evals] (None without fine-tuning).
+    cache: the baselines' predictions of an earlier call on the same pairs and images, under
+    `activation` (read, or written when absent); only the generated CNNs are run again."""
     n_methods, n_pairs, d = stack.shape
     in3 = (in1 | in2)[:, labels]
+    # "generated" leads `methods`: the rows after it are the baselines, fixed for a split.
+    run = 1 if cache is not None and activation in cache else n_methods
     preds, spread = _predict_with_spread(
-        stack.reshape(-1, d), images, activation, in3.repeat(n_methods, 1), cfg.forward_chunk
+        stack[:run].reshape(-1, d), images, activation, in3.repeat(run, 1), cfg.forward_chunk
     )
-    preds, spread = preds.view(n_methods, n_pairs, -1), spread.view(n_methods, n_pairs)
+    preds, spread = preds.view(run, n_pairs, -1), spread.view(run, n_pairs)
+    if cache is not None:
+        if run == 1:
+            preds, spread = torch.cat([preds, cache[activation][0]]), torch.cat([spread, cache[activation][1]])
+        else:
+            cache[activation] = (preds[1:], spread[1:])
     out = _numpy(_accuracies(preds, labels, in1, in2))
     out["agreement"] = (_percent(preds == preds[-1], in3) / 100).cpu().numpy()
     out["logit_spread"] = spread.cpu().numpy()
@@ -616,6 +625,7 @@ def evaluate_merges(
     cfg: EvalConfig,
     pair_loss: torch.Tensor | np.ndarray | None = None,
     init: torch.Tensor | None = None,
+    cache: dict | None = None,
 ) -> EvalResult:
     """Score the generated CNNs [P, 2464] against the baselines on the same pairs and images.
 
@@ -624,6 +634,9 @@ def evaluate_merges(
     test, `cfg.images_per_class` of each digit); train: the fine-tuning images. pair_loss [P]:
     the Transformer's loss per pair, correlated with the generated CNNs' acc_in. init [P, 2464]:
     the pairs' shared epoch-0 weights, which enable the task-arithmetic baseline.
+    cache: a dict the caller keeps across calls that differ only in `generated` (a run's
+    validation, epoch after epoch): the baselines never change, so their predictions are
+    made once and kept in it; the results are the same as without it.
     Inputs are left untouched; results are deterministic given `cfg.seed`.
     """
     sets1, sets2, acts, loss = _validate(
@@ -648,7 +661,7 @@ def evaluate_merges(
             methods, *weights, None if init is None else init.index_select(0, rows)
         )
         group, group_curves = _evaluate_group(
-            methods, stack, act, in1[rows], in2[rows], images, labels, train, cfg, gen
+            methods, stack, act, in1[rows], in2[rows], images, labels, train, cfg, gen, cache
         )
         for name, values in group.items():
             into = metrics.setdefault(name, np.full((len(methods), n_pairs), np.nan))

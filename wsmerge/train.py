@@ -347,9 +347,9 @@ def _generate(cfg, model, data, split, device, gen, scales) -> tuple[torch.Tenso
     return generated, per_pair
 
 
-def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig, scales, exact: bool = False):
-    """(EvalResult, summary) of `split`; `exact` adds the loss-predictiveness table (None
-    otherwise) as a third item."""
+def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig, scales, exact: bool = False, cache=None):
+    """(EvalResult, summary, table) of `split`: `table` is the loss-predictiveness table when
+    `exact`, else None. cache: kept by the caller across epochs (see evaluate_merges)."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same query images every epoch
     generated, losses = _generate(cfg, model, data, split, device, gen, scales)
     w1, w2, w3 = data.pairs.tensors(split, data.weights)
@@ -357,7 +357,7 @@ def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig, scales, exa
     images = data.mnist.val if split == "val" else data.mnist.test
     result = evaluate_merges(
         generated, w1, w2, w3, meta["c1"], meta["c2"], meta["activation"], images, data.mnist.train,
-        eval_cfg, pair_loss=losses["loss"], init=data.init[split],
+        eval_cfg, pair_loss=losses["loss"], init=data.init[split], cache=cache,
     )
     for k, v in losses.items():
         result.per_pair[f"loss/{k}"] = result.per_pair["pair"].map(dict(enumerate(v)))
@@ -497,6 +497,7 @@ def train(
         scales = _isolated(lambda: _loss_scales(cfg, model, data, device), device)
 
     val_cfg = dataclasses.replace(cfg.evaluation, finetune_steps=cfg.val_finetune_steps)
+    val_cache: dict = {}  # the baselines' validation predictions, made in the first epoch
     n_train = len(data.pairs["train"])
     bar = tqdm(total=n_train * (cfg.epochs - start_epoch + 1), unit="pair", desc="train", disable=not cfg.progress)
     try:
@@ -507,7 +508,9 @@ def train(
             metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales)}
             metrics["train/seconds"] = time.perf_counter() - t0
             metrics["train/lr"] = opt.param_groups[0]["lr"]
-            _, val, _ = _isolated(lambda: _evaluate(cfg, model, data, "val", device, val_cfg, scales), device)
+            _, val, _ = _isolated(
+                lambda: _evaluate(cfg, model, data, "val", device, val_cfg, scales, cache=val_cache), device
+            )
             metrics.update({f"val/{k}": v for k, v in val.items()})
             metrics["val/seconds"] = time.perf_counter() - t0 - metrics["train/seconds"]
             # NaN (no validation pair scored) never counts as an improvement.

@@ -1,0 +1,312 @@
+"""The sweep engine end to end on a tiny zoo: a sweep through the real entry point, a driver
+killed part-way and run again, a trial that raises and is retried, and the bad inputs that
+must fail before Ray starts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import torch
+import yaml
+from ray.tune import ExperimentAnalysis
+
+from sweeps import engine
+from sweeps.hparams import HparamSpace, HparamSweep
+from sweeps.hparams import main as hparams_main
+from sweeps.loss_combo import LossComboSweep, LossSpace
+from sweeps.loss_combo import main as loss_combo_main
+from wsmerge.train import RunConfig, train
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+FAKE_KEY = "fake0wandb0key0that0must0never0be0written0anywhere00"
+
+
+def _config(zoo, **changes):
+    cfg = {
+        "space": {
+            "losses": ["mse", "behavioral", "contrastive"],
+            "weight": {"low": 0.1, "high": 1.0},
+            "lr": {"low": 1e-3, "high": 3e-3},
+        },
+        "run": {
+            "zoo": str(zoo),
+            "model": {"preset": "tiny", "d_model": 32, "d_ff": 64, "neck": 16},
+            # The last bin, two class pairs a target: 6 train, 2 val and 2 test triples.
+            "pairs": {"overlap": [0, 1], "split_by": "target", "epoch_bins": [2], "max_pairs_per_target": 2},
+            "evaluation": {"images_per_class": 20, "finetune_steps": 0, "bootstrap": 0},
+            "epochs": 2,
+            "batch_size": 8,
+        },
+        "num_samples": 3,
+        "concurrency": 2,
+        "startup_trials": 2,
+        "scheduler": {"kind": "fifo"},
+        "wandb": {"mode": "offline"},
+    }
+    return {**cfg, **changes}
+
+
+def _write(path, cfg):
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _tune_trials(folder):
+    return {t.trial_id: t.status for t in ExperimentAnalysis(str(folder / engine.TUNE)).trials}
+
+
+def _study(folder):
+    return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def _complete(study):
+    return [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def _history(run_dir):
+    return json.loads((run_dir / "history.json").read_text())["history"]
+
+
+def _check_finished(folder, n, epochs, stopped=False):
+    """Every trial ended and was tested, once: in Tune, in its run directory and in the
+    Optuna study. With `stopped`, some may have been stopped by the scheduler before their
+    last epoch (and tested after the sweep)."""
+    trials = _tune_trials(folder)
+    assert len(trials) == n and set(trials.values()) == {"TERMINATED"}, trials
+    for trial_id in trials:
+        run_dir = folder / engine.TRIALS / trial_id
+        ran = [h["epoch"] for h in _history(run_dir)]
+        assert ran == list(range(1, len(ran) + 1)) and (len(ran) == epochs or stopped and 0 < len(ran) < epochs)
+        assert (run_dir / "result.json").is_file()
+    complete = _complete(_study(folder))
+    assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials)
+    assert all(t.values is not None for t in complete)
+    return trials
+
+
+def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, tmp_path, ray_local, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # offline all the same: the config says so
+    asha = {"kind": "asha", "grace_period": 1, "reduction_factor": 2}
+    config = _write(tmp_path / "sweep.yaml", _config(sweep_zoo, scheduler=asha))
+    args = ["--config", str(config), "--results", str(tmp_path / "results"), "--name", "e2e"]
+    assert loss_combo_main(args) == 0
+    folder = tmp_path / "results" / "e2e"
+
+    trials = _check_finished(folder, 3, 2, stopped=True)
+    # The first trial at ASHA's rung always goes on to its last epoch.
+    assert any(len(_history(folder / engine.TRIALS / t)) == 2 for t in trials)
+    saved = engine.load_sweep(LossComboSweep, folder / engine.SWEEP_FILE)
+    assert saved == engine.load_sweep(LossComboSweep, config)
+    # Each trial's mix is its own Optuna parameters, never empty.
+    for t in _complete(_study(folder)):
+        ck = torch.load(folder / engine.TRIALS / t.user_attrs["tune_trial_id"] / "checkpoint.pt", weights_only=True)
+        cfg = json.loads(ck["config"])
+        assert cfg["losses"] == {k.split(".", 1)[1]: v for k, v in t.params.items() if k.startswith("weight.")}
+        assert cfg["losses"] and cfg["lr"] == t.params["lr"]
+    # Tune keeps one checkpoint a trial, holding the run's checkpoint and best model only.
+    for trial_id in trials:
+        (ckpt,) = (folder / engine.TUNE / trial_id).glob("checkpoint_*")
+        assert sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")) == ["best.pt", "checkpoint.pt"]
+    assert len(list((folder / "wandb").glob("offline-run-*"))) == 3
+
+    # The same command again: nothing left to run, nothing run twice.
+    before = {p: p.read_bytes() for p in (folder / engine.TRIALS).glob("*/*") if p.is_file()}
+    assert loss_combo_main(args) == 0
+    assert {p: p.read_bytes() for p in (folder / engine.TRIALS).glob("*/*") if p.is_file()} == before
+    assert len(_complete(_study(folder))) == 3
+
+    leaks = [p for p in folder.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert not leaks, f"the W&B key was written to {leaks}"
+
+
+def _ray_leftovers(ray_tmp):
+    """The live processes that the killed sweep's Ray started: they carry its RAY_TMPDIR."""
+    mark = f"RAY_TMPDIR={ray_tmp}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0") and (proc / "stat").read_text().split()[2] != "Z":
+                pids.append(int(proc.name))
+        except (OSError, IndexError):
+            continue
+    return pids
+
+
+def _kill_ray_leftovers(ray_tmp):
+    for pid in _ray_leftovers(ray_tmp):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    while _ray_leftovers(ray_tmp) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _ray_leftovers(ray_tmp)
+
+
+def test_killed_driver_resumes_every_trial_once(sweep_zoo, tmp_path, ray_env):
+    config = _write(tmp_path / "sweep.yaml", _config(sweep_zoo, run={**_config(sweep_zoo)["run"], "epochs": 3}))
+    cmd = [sys.executable, "-m", "sweeps.loss_combo", "--config", str(config), "--results", str(tmp_path / "r"),
+           "--name", "killed"]
+    folder = tmp_path / "r" / "killed"
+    log = tmp_path / "first-run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ray_env, start_new_session=True, stdout=out, stderr=out)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if list((folder / engine.TUNE).glob("*/checkpoint_*")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the sweep ended before it could be killed: {log.read_text()[-3000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_ray_leftovers(ray_env["RAY_TMPDIR"])
+
+    finished = {p: p.read_bytes() for p in (folder / engine.TRIALS).glob("*/result.json")}
+    assert len(finished) < 3
+    # Trials cut off part-way, and their epochs as they were before the kill.
+    cut = {d.name: _history(d) for d in (folder / engine.TRIALS).iterdir()
+           if (d / "history.json").exists() and not (d / "result.json").exists()}
+    assert cut
+    done = subprocess.run(cmd, cwd=REPO, env=ray_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    _check_finished(folder, 3, 3)
+    # Trials that had finished before the kill were not run again; those cut off went on
+    # from their last checkpoint, not from the start.
+    assert {p: p.read_bytes() for p in finished} == finished
+    for trial_id, first in cut.items():
+        assert _history(folder / engine.TRIALS / trial_id)[: len(first)] == first
+    numbers = [t.number for t in _complete(_study(folder))]
+    assert len(set(numbers)) == len(numbers) == 3
+
+
+def _raising_once(after_epoch):
+    """train, but the first run of each trial raises after `after_epoch` (the marker file in
+    its run directory remembers that it did)."""
+
+    def train_raising_once(cfg, report, resume):
+        marker = Path(cfg.out) / "raised-once"
+
+        def report_then_raise(metrics):
+            report(metrics)
+            if metrics["epoch"] == after_epoch and not marker.exists():
+                marker.touch()
+                raise RuntimeError(f"a trial that raises after epoch {after_epoch}")
+
+        return train(cfg, report=report_then_raise, resume=resume)
+
+    return train_raising_once
+
+
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(sweep_zoo, tmp_path, ray_local, capsys):
+    results = tmp_path / "results"
+    config = _write(tmp_path / "flaky.yaml", _config(sweep_zoo, num_samples=2, max_failures=1))
+    assert loss_combo_main(["--config", str(config), "--results", str(results)], train_fn=_raising_once(1)) == 0
+    trials = _check_finished(results / "flaky", 2, 2)
+    assert all((results / "flaky" / engine.TRIALS / t / "raised-once").exists() for t in trials)
+    assert capsys.readouterr().out.count("retrying it from its last checkpoint") == 2
+
+    # Out of retries, the trial fails the sweep; the same command again resumes it.
+    config = _write(tmp_path / "broken.yaml", _config(sweep_zoo, num_samples=1, max_failures=0))
+    args = ["--config", str(config), "--results", str(results)]
+    assert loss_combo_main(args, train_fn=_raising_once(1)) == 1
+    assert "1 trial(s) failed; run the same command again" in capsys.readouterr().err
+    assert set(_tune_trials(results / "broken").values()) == {"ERROR"}
+    assert loss_combo_main(args) == 0
+    _check_finished(results / "broken", 1, 2)
+
+
+def _bad(tmp_path, **changes):
+    return _config(tmp_path / "zoo", **changes)
+
+
+@pytest.mark.parametrize(
+    "main, make, message",
+    [
+        (loss_combo_main, lambda t: _bad(t, space={"losses": ["mse", "nope"]}), "space.losses: unknown loss 'nope'"),
+        (loss_combo_main, lambda t: _bad(t, space={"losses": []}), "space.losses: expected 'all' or a non-empty list"),
+        (hparams_main, lambda t: {**_bad(t, space={}), "run": {**_bad(t)["run"], "losses": {"mse": 1.0}}},
+         "space: empty search space"),
+        (loss_combo_main, lambda t: _bad(t, space={"losses": "all", "lr": {"low": 1e-2, "high": 1e-3}}),
+         "space.lr: inverted range, low 0.01 > high 0.001"),
+        (hparams_main, lambda t: _bad(t, space={"d_model": {"choices": [32, 64]}}),
+         "space.d_model: d_model is n_heads × head_dim"),
+        (hparams_main, lambda t: _bad(t, space={"lr": {"low": 1e-3, "high": 1e-2}}, run={**_bad(t)["run"], "lr": 1e-3}),
+         "run.lr: searched (space.lr); remove it from run"),
+        (hparams_main, lambda t: _bad(t, space={"warmup_steps": {"choices": [-1, 8]}}),
+         "space.warmup_steps: warmup_steps must be an integer >= 0, got -1"),
+        (loss_combo_main, lambda t: _bad(t, num_sample=3), "unknown keys ['num_sample']"),
+        (loss_combo_main, lambda t: _bad(t, run={**_bad(t)["run"], "epoch": 2}), "run: unknown keys ['epoch']"),
+        (loss_combo_main, lambda t: _bad(t, run={**_bad(t)["run"], "out": "x"}), "run.out: set by the sweep"),
+        (loss_combo_main, lambda t: _bad(t, run={**_bad(t)["run"], "losses": {"mse": 1.0}}),
+         "run.losses: the mix is what this sweep searches"),
+        (loss_combo_main, lambda t: _bad(t, objectives=[{"metric": "test/generated/acc_in", "mode": "max"}]),
+         "objectives[0]: metric 'test/generated/acc_in' is not a validation metric"),
+        (loss_combo_main, lambda t: _bad(t, scheduler={"kind": "asha", "grace_period": 2}),
+         "scheduler.grace_period (2) must be below run.epochs (2)"),
+        (loss_combo_main, lambda t: "space: [unclosed", "malformed YAML"),
+    ],
+)
+def test_bad_inputs_fail_before_ray_starts(tmp_path, capsys, main, make, message):
+    cfg = make(tmp_path)
+    path = tmp_path / "bad.yaml"
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    assert main(["--config", str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err, err
+    assert not ray.is_initialized()
+
+
+def test_an_existing_name_with_another_config_is_refused(sweep_zoo, tmp_path, capsys):
+    first = engine.load_sweep(LossComboSweep, _write(tmp_path / "a.yaml", _config(sweep_zoo)))
+    engine.prepare_folder(first, tmp_path / "results" / "taken")
+    other = _write(tmp_path / "b.yaml", _config(sweep_zoo, num_samples=5))
+    args = ["--config", str(other), "--results", str(tmp_path / "results"), "--name", "taken"]
+    assert loss_combo_main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a sweep with another config (num_samples: 3 there, 5 now)" in err and "--resume" in err
+    assert not ray.is_initialized()
+    # Its own config, or --resume, is accepted (up to the zoo, missing here).
+    assert engine.prepare_folder(first, tmp_path / "results" / "taken") is True
+
+
+def _sample(space, n):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(n):
+        trial = study.ask()
+        space(trial)
+        yield trial.params
+        study.tell(trial, 0.0)
+
+
+def test_search_spaces_sample_only_valid_runs(sweep_zoo):
+    run = RunConfig.from_dict({"zoo": str(sweep_zoo), "out": "x", "model": {"preset": "tiny"}})
+    losses = LossSpace.from_dict({"losses": ["mse", "fft", "behavioral"]}, "space", {})
+    mixes = [losses.apply(run, p).losses for p in _sample(losses, 200)]
+    assert all(mixes) and {n for m in mixes for n in m} == {"mse", "fft", "behavioral"}
+    assert all(0.01 <= w <= 1.0 for m in mixes for w in m.values())
+    heads = HparamSpace.from_dict(
+        {"n_heads": {"choices": [1, 3, 4]}, "head_dim": {"choices": [5, 8]}, "n_layers": {"low": 1, "high": 2}},
+        "space", {},
+    )
+    models = [heads.apply(run, p).model for p in _sample(heads, 50)]
+    assert {m.d_model for m in models} == {5, 8, 15, 24, 20, 32}
+    assert all(m.d_model % m.n_heads == 0 for m in models)
+
+
+def test_hparams_tiny_default_config_is_valid():
+    cfg = engine.load_sweep(HparamSweep, REPO / "sweeps" / "configs" / "hparams_tiny.yaml")
+    assert cfg.zoo_profile == "tiny" and cfg.run.losses
+    cfg = engine.load_sweep(LossComboSweep, REPO / "sweeps" / "configs" / "loss_combo_tiny.yaml")
+    assert cfg.run.loss_scaling == "first" and len(cfg.space.losses) > 10
