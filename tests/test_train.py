@@ -8,55 +8,15 @@ import pytest
 import torch
 
 from sweeps.train_one import main as train_one
-from wsmerge.train import CHECKPOINT, RunConfig, train
+from runs import Crash, crash_after, same, strip_time, tiny_run
+from wsmerge.train import CHECKPOINT, train
 
 pytestmark = pytest.mark.slow
 
 
-def _cfg(zoo, out, **kw):
-    base = dict(
-        zoo=str(zoo),
-        out=str(out),
-        model={"preset": "tiny", "d_model": 32, "d_ff": 64, "neck": 16},
-        # The last bin, two class pairs a target: 12 train, 4 val and 4 test triples.
-        pairs={"overlap": [0, 1], "split_by": "target", "epoch_bins": [2], "max_pairs_per_target": 2},
-        losses={"mse": 1.0, "behavioral": 0.5},
-        query_images=16,
-        evaluation={"images_per_class": 40, "finetune_steps": 10, "finetune_eval_every": 5, "bootstrap": 50},
-        epochs=3,
-        batch_size=8,
-        lr=1e-3,
-        # The exact-loss table runs every loss at full size: its own tests cover it.
-        predictiveness_images=2,
-        progress=False,
-    )
-    return RunConfig.from_dict({**base, **kw})
-
-
-class Crash(Exception):
-    pass
-
-
-def _crash_after(epoch):
-    def report(m):
-        if m["epoch"] == epoch:
-            raise Crash
-
-    return report
-
-
-def _same(a, b):
-    """Equal including NaNs in the same places (catch-up steps of pairs that never caught up)."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
-def _strip_time(history):
-    return [{k: v for k, v in h.items() if not k.endswith("/seconds")} for h in history]
-
-
 def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
     seen = []
-    result = train(_cfg(tiny_zoo, tmp_path / "run"), report=seen.append)
+    result = train(tiny_run(tiny_zoo, tmp_path / "run"), report=seen.append)
     assert [m["epoch"] for m in seen] == [1, 2, 3]
     assert seen[-1]["train/loss"] < seen[0]["train/loss"]
     assert {"train/mse", "train/behavioral"} <= set(seen[0])  # every term, unweighted
@@ -92,41 +52,41 @@ def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
 def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):
     # 2 steps an epoch (6 relu and 6 tanh triples, batches of 8 of one activation): the
     # warm-up still runs in epoch 3, after the resume.
-    cfg = lambda out: _cfg(tiny_zoo, tmp_path / out, warmup_steps=6)  # noqa: E731
+    cfg = lambda out: tiny_run(tiny_zoo, tmp_path / out, warmup_steps=6)  # noqa: E731
     full = train(cfg("a"))
     assert [h["train/lr"] for h in full.history] == pytest.approx([1e-3 * 3 / 6, 1e-3 * 5 / 6, 1e-3])
     with pytest.raises(Crash):
-        train(cfg("b"), report=_crash_after(2))
+        train(cfg("b"), report=crash_after(2))
     assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["epoch"] == 2
     resumed = train(cfg("b"), resume=True)
     a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert _same(_strip_time(full.history), _strip_time(resumed.history))
-    assert _same(full.test, resumed.test)
+    assert same(strip_time(full.history), strip_time(resumed.history))
+    assert same(full.test, resumed.test)
 
 
 def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):
     with pytest.raises(ValueError, match="1 distinct target"):
-        train(_cfg(tiny_zoo, tmp_path / "y", pairs={"overlap": 0, "epoch_bins": [2]}))
+        train(tiny_run(tiny_zoo, tmp_path / "y", pairs={"overlap": 0, "epoch_bins": [2]}))
     assert not (tmp_path / "y").exists()
     with pytest.raises(Exception, match="manifest"):
-        train(_cfg(tmp_path / "nozoo", tmp_path / "z"))
+        train(tiny_run(tmp_path / "nozoo", tmp_path / "z"))
 
     with pytest.raises(Crash):
-        train(_cfg(tiny_zoo, tmp_path / "run", epochs=1), report=_crash_after(1))
+        train(tiny_run(tiny_zoo, tmp_path / "run", epochs=1), report=crash_after(1))
     with pytest.raises(FileExistsError, match="--resume"):
-        train(_cfg(tiny_zoo, tmp_path / "run", epochs=1))
+        train(tiny_run(tiny_zoo, tmp_path / "run", epochs=1))
     with pytest.raises(ValueError, match=r"another config \(lr: 0.001 there, 0.01 now\)"):
-        train(_cfg(tiny_zoo, tmp_path / "run", lr=0.01), resume=True)
+        train(tiny_run(tiny_zoo, tmp_path / "run", lr=0.01), resume=True)
     ck = tmp_path / "run" / CHECKPOINT
     ck.write_bytes(ck.read_bytes()[:1000])
     with pytest.raises(ValueError, match="unreadable checkpoint"):
-        train(_cfg(tiny_zoo, tmp_path / "run"), resume=True)
+        train(tiny_run(tiny_zoo, tmp_path / "run"), resume=True)
     torch.save({"model": {}}, ck)
     with pytest.raises(ValueError, match="not a wsmerge training checkpoint"):
-        train(_cfg(tiny_zoo, tmp_path / "run"), resume=True)
+        train(tiny_run(tiny_zoo, tmp_path / "run"), resume=True)
 
 
 @pytest.mark.parametrize(
@@ -145,11 +105,11 @@ def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):
 )
 def test_bad_configs(tmp_path, change, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        _cfg(tmp_path, tmp_path / "o", **change)
+        tiny_run(tmp_path, tmp_path / "o", **change)
 
 
 def test_cli_runs_resumes_and_extends(tiny_zoo, tmp_path, capsys):
-    cfg = _cfg(tiny_zoo, tmp_path / "cli", epochs=1).to_dict()
+    cfg = tiny_run(tiny_zoo, tmp_path / "cli", epochs=1).to_dict()
     path = tmp_path / "run.yaml"
     import yaml
 
@@ -175,7 +135,7 @@ def test_one_resume_rule_and_finished_runs(tiny_zoo, tmp_path, monkeypatch, caps
     # --resume with no checkpoint starts the run.
     old = os.umask(0o027)
     try:
-        first = train(_cfg(tiny_zoo, tmp_path / "run", epochs=1), resume=True)
+        first = train(tiny_run(tiny_zoo, tmp_path / "run", epochs=1), resume=True)
     finally:
         os.umask(old)
     assert not first.already_complete and len(first.history) == 1
@@ -190,12 +150,12 @@ def test_one_resume_rule_and_finished_runs(tiny_zoo, tmp_path, monkeypatch, caps
         raise AssertionError("a finished run was evaluated again")
 
     monkeypatch.setattr(T, "_evaluate", no_evaluation)
-    again = train(_cfg(tiny_zoo, tmp_path / "run", epochs=1), resume=True)
-    assert again.already_complete and _same(again.test, first.test) and again.best_epoch == first.best_epoch
+    again = train(tiny_run(tiny_zoo, tmp_path / "run", epochs=1), resume=True)
+    assert again.already_complete and same(again.test, first.test) and again.best_epoch == first.best_epoch
     path = tmp_path / "run.yaml"
     import yaml
 
-    path.write_text(yaml.safe_dump(_cfg(tiny_zoo, tmp_path / "run", epochs=1).to_dict()))
+    path.write_text(yaml.safe_dump(tiny_run(tiny_zoo, tmp_path / "run", epochs=1).to_dict()))
     assert train_one(["--config", str(path), "--resume"]) == 0
     assert "is complete (1 epochs, tested epoch 1); nothing to do" in capsys.readouterr().out
 
@@ -210,7 +170,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     path = tmp_path / "run.yaml"
     import yaml
 
-    path.write_text(yaml.safe_dump(_cfg(tmp_path, tmp_path / "o").to_dict()))
+    path.write_text(yaml.safe_dump(tiny_run(tmp_path, tmp_path / "o").to_dict()))
     assert cli.main(["--config", str(path)]) == 130
     err = capsys.readouterr().err
     assert f"python -m sweeps.train_one --config {path} --resume" in err and "Traceback" not in err

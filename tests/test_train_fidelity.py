@@ -9,41 +9,17 @@ import torch
 
 from wsmerge.losses import LOSSES, mix_loss
 from wsmerge.model import TransformerAE
+from runs import Crash, crash_after, same, strip_time, tiny_run
 from wsmerge.train import BEST, CHECKPOINT, RunConfig, train
 
 pytestmark = pytest.mark.slow
 
 
-class Crash(Exception):
-    pass
-
-
 def _cfg(zoo, out, **kw):
-    base = dict(
-        zoo=str(zoo),
-        out=str(out),
-        model={"preset": "tiny", "d_model": 32, "d_ff": 64, "neck": 16},
-        # The last bin, two class pairs a target: 12 train, 4 val and 4 test triples.
-        pairs={"overlap": [0, 1], "split_by": "target", "epoch_bins": [2], "max_pairs_per_target": 2},
-        losses={"mse": 1.0, "behavioral": 0.5},
-        query_images=4,
-        evaluation={"images_per_class": 20, "finetune_steps": 4, "finetune_eval_every": 2, "bootstrap": 20},
-        epochs=3,
-        batch_size=8,
-        lr=1e-3,
-        # The exact-loss table runs every loss at full size: its own tests cover it.
-        predictiveness_images=2,
-        progress=False,
-    )
-    return RunConfig.from_dict({**base, **kw})
-
-
-def _same(a, b):
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
-def _strip_time(history):
-    return [{k: v for k, v in h.items() if not k.endswith("/seconds")} for h in history]
+    # Fewer query and evaluation images than the training tests: many runs here.
+    small = dict(query_images=4, evaluation={"images_per_class": 20, "finetune_steps": 4,
+                                             "finetune_eval_every": 2, "bootstrap": 20})
+    return tiny_run(zoo, out, **{**small, **kw})
 
 
 # -- scaling ---------------------------------------------------------------------------------
@@ -135,7 +111,7 @@ def test_best_validation_epoch_is_tested(tiny_zoo, tmp_path):
     assert saved["best_epoch"] == result.best_epoch and saved["epochs"] == 4
     # A run that ends at the best epoch trains the same model and tests it the same way.
     short = train(_cfg(tiny_zoo, tmp_path / "b", epochs=result.best_epoch, lr=3e-3))
-    assert _same(short.test, result.test)
+    assert same(short.test, result.test)
 
 
 def test_early_stopping_tests_the_best_epoch(tiny_zoo, tmp_path, monkeypatch):
@@ -155,20 +131,12 @@ def test_early_stopping_tests_the_best_epoch(tiny_zoo, tmp_path, monkeypatch):
     # Resuming a stopped run trains nothing more.
     again = train(cfg.replace(epochs=8), resume=True)
     assert len(again.history) == len(result.history)
-    assert _same(again.test, result.test)
+    assert same(again.test, result.test)
     short = train(_cfg(tiny_zoo, tmp_path / "b", epochs=best))
-    assert _same(short.test, result.test)
+    assert same(short.test, result.test)
 
 
 # -- every loss trains the real model and resumes exactly --------------------------------------
-
-
-def _crash_after(epoch):
-    def report(m):
-        if m["epoch"] == epoch:
-            raise Crash
-
-    return report
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -192,13 +160,13 @@ def test_every_loss_trains_the_tiny_preset_and_resumes_bit_for_bit(name, tiny_zo
         assert "decoder.head.weight" not in moved
     assert {"w_mean", "w_std"} <= moved  # set from the zoo, not trained
     with pytest.raises(Crash):
-        train(cfg("b"), report=_crash_after(1))
+        train(cfg("b"), report=crash_after(1))
     resumed = train(cfg("b"), resume=True)
     b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["model"]
     for k in trained:
         assert torch.equal(trained[k], b[k]), k
-    assert _same(_strip_time(full.history), _strip_time(resumed.history))
-    assert _same(full.test, resumed.test)
+    assert same(strip_time(full.history), strip_time(resumed.history))
+    assert same(full.test, resumed.test)
 
 
 # -- the seeds' own recipes --------------------------------------------------------------------
