@@ -43,8 +43,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.files import atomic_write
-from wsmerge.results import write_results
-from wsmerge.train import BEST, CHECKPOINT, SELECT, RunConfig, train
+from wsmerge.results import REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, write_results
+from wsmerge.seeds import train_seeds
+from wsmerge.train import BEST, CHECKPOINT, SELECT, RunConfig, ZooTables, read_zoo, train
 from wsmerge.zoo import PROFILES, BuildOptions, ZooStoreError, build_zoo, profile
 
 __all__ = [
@@ -57,18 +58,17 @@ __all__ = [
     "Param",
     "SchedulerConfig",
     "SweepConfig",
+    "RepeatConfig",
     "SweepSearch",
     "WandbConfig",
     "load_sweep",
     "main",
     "open_storage",
     "prepare_folder",
+    "repeat_top",
     "run_sweep",
 ]
 
-SWEEP_FILE = "sweep.yaml"
-STUDY_FILE = "study.db"
-TRIALS = "trials"
 TUNE = "tune"
 # What the searcher is told of a trial: its objectives at the epoch whose model it delivers
 # (train tests the best validation epoch, not the last).
@@ -190,6 +190,24 @@ class WandbConfig:
         return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+@dataclass(frozen=True)
+class RepeatConfig:
+    """After the sweep, the `top` trials by best validation acc_in (never by test) are
+    trained again once per seed of `seeds` (wsmerge.seeds, varying `vary`), so that the
+    ranking shows their spread across seeds beside the within-run intervals."""
+
+    top: int = 0  # 0: no repeats
+    seeds: tuple = (1, 2)
+    vary: tuple = ("init", "order")
+
+    def __post_init__(self):
+        check_int(self.top, "top", 0)
+        if not isinstance(self.seeds, (list, tuple)) or not self.seeds:
+            raise ValueError(f"seeds: expected a non-empty list of seeds, got {self.seeds!r}")
+        object.__setattr__(self, "seeds", tuple(check_int(x, "seeds", 0) for x in self.seeds))
+        object.__setattr__(self, "vary", tuple(self.vary))
+
+
 def _sub(cls, value, where: str):
     return value if isinstance(value, cls) else from_dict(cls, value, where)
 
@@ -221,6 +239,7 @@ class SweepConfig:
     storage: str | None = None  # SQLAlchemy URL of the Optuna study; None: sqlite study.db
     zoo_profile: str | None = None  # build this zoo profile at run.zoo when it is missing
     wandb: Any = field(default_factory=WandbConfig)
+    repeat: Any = field(default_factory=RepeatConfig)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -256,6 +275,13 @@ class SweepConfig:
                 f"({self.run.epochs}): ASHA stops trials only before their last epoch (kind: fifo for none)"
             )
         set_("wandb", _sub(WandbConfig, self.wandb, "wandb"))
+        set_("repeat", _sub(RepeatConfig, self.repeat, "repeat"))
+        if self.run.seeds:
+            raise ValueError("run.seeds: a trial is one run; repeat the best trials with repeat: {top, seeds}")
+        if self.run.seed in self.repeat.seeds:
+            raise ValueError(f"repeat.seeds: {self.run.seed} is run.seed, the seed every trial already ran")
+        # The repeats' own checks (vary names), before anything runs.
+        self.run.replace(seeds=list(self.repeat.seeds), vary=list(self.repeat.vary))
         if self.storage is not None and (not isinstance(self.storage, str) or "://" not in self.storage):
             raise ValueError(f"storage must be an SQLAlchemy URL such as sqlite:///study.db, got {self.storage!r}")
         if self.zoo_profile is not None and self.zoo_profile not in PROFILES:
@@ -276,6 +302,7 @@ class SweepConfig:
             objectives=[dataclasses.asdict(o) for o in self.objectives],
             scheduler=dataclasses.asdict(self.scheduler),
             wandb=dataclasses.asdict(self.wandb),
+            repeat=dataclasses.asdict(self.repeat),
         )
         return json.loads(json.dumps(d))  # tuples → lists, as YAML reads them back
 
@@ -315,7 +342,8 @@ def prepare_folder(cfg: SweepConfig, folder: Path) -> bool:
     saved_path = folder / SWEEP_FILE
     now = {"sweep": cfg.COMMAND, **cfg.to_dict()}
     if saved_path.is_file():
-        saved = read_yaml(saved_path)
+        # Through the config class, so that a key added since the sweep started reads as its default.
+        saved = {"sweep": cfg.COMMAND, **load_sweep(type(cfg), saved_path).to_dict()}
         diffs = _diff(saved, now)
         if diffs:
             raise ValueError(
@@ -341,7 +369,7 @@ def _trial(
     *,
     cfg: SweepConfig,
     trials: Path,
-    zoo: str,
+    zoo: ZooTables,
     train_fn: Callable = train,
 ) -> None:
     """One trial: the run config of `params`, trained in trials/<trial id>/. A retried or
@@ -349,7 +377,7 @@ def _trial(
     record it is left as it is (train's resume)."""
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     out = trials / tune.get_context().get_trial_id()
-    run = cfg.space.apply(cfg.run, params).replace(out=str(out), zoo=zoo)
+    run = cfg.space.apply(cfg.run, params).replace(out=str(out), zoo=zoo.path)
     restored = tune.get_checkpoint()
     if restored is not None and not (out / CHECKPOINT).exists():
         # The run directory is on another node's disk: continue from Tune's copy.
@@ -358,7 +386,7 @@ def _trial(
             for name in (CHECKPOINT, BEST):
                 if (Path(d) / name).exists():
                     shutil.copy2(Path(d) / name, out / name)
-    train_fn(run, report=_Reporter(out, cfg.objectives), resume=True)
+    train_fn(run, report=_Reporter(out, cfg.objectives), resume=True, zoo=zoo)
 
 
 class _Reporter:
@@ -547,7 +575,8 @@ def run_sweep(cfg: SweepConfig, folder: Path, storage=None, *, train_fn: Callabl
     must have been prepared (`prepare_folder`) and Ray started; `storage`: the study's
     (`open_storage`, opened here when None)."""
     folder = folder.resolve()
-    zoo = str(Path(cfg.run.zoo).resolve())
+    # Read once here and put in Ray's object store once: every trial gets the same tables.
+    zoo = read_zoo(Path(cfg.run.zoo).resolve())
     trials = folder / TRIALS
     trials.mkdir(exist_ok=True)
     trainable = tune.with_resources(
@@ -598,6 +627,25 @@ def test_stopped_trials(folder: Path, trial_ids: list[str], train_fn: Callable =
         train_fn(run.replace(out=str(out), epochs=int(ck["epoch"]), progress=False), report=None, resume=True)
         tested.append(out.name)
     return tested
+
+
+def repeat_top(cfg: SweepConfig, folder: Path, train_fn: Callable = train) -> list[str]:
+    """Train the `cfg.repeat.top` tested trials with the best validation acc_in again, once
+    per repeat seed, in repeats/<trial id>/seed-<s>/ (resumed by train's rule: a rerun of
+    the sweep finishes them and runs nothing twice). Returns the trial ids repeated."""
+    if not cfg.repeat.top:
+        return []
+    done = [t for t in collect(folder).complete if t.history]
+    best = lambda t: max((h.get(SELECT, -math.inf) for h in t.history["history"]), default=-math.inf)  # noqa: E731
+    chosen = sorted(done, key=lambda t: (-best(t), t.id))[: cfg.repeat.top]
+    for t in chosen:
+        run = RunConfig.from_dict(t.result["config"], f"{t.id}/result.json").replace(
+            out=str(folder / REPEATS / t.id), seeds=list(cfg.repeat.seeds), vary=list(cfg.repeat.vary),
+            epochs=cfg.run.epochs, progress=False,
+        )
+        print(f"trial {t.id}: repeating with seeds {list(cfg.repeat.seeds)}", flush=True)
+        train_seeds(run, resume=True, train_fn=train_fn)
+    return [t.id for t in chosen]
 
 
 def _scheduler(cfg: SweepConfig):
@@ -713,6 +761,7 @@ def _run(cfg: SweepConfig, folder: Path, storage, train_fn: Callable, resume_hin
     print(_summary(cfg, grid, folder))
     ended = [r.metrics["trial_id"] for r in grid if r.error is None and r.metrics and "trial_id" in r.metrics]
     test_stopped_trials(folder, ended, train_fn)
+    repeat_top(cfg, folder, train_fn)
     try:
         written = write_results(folder)
         print(f"results: {folder / 'ranking.md'} and {len(written)} more files in {folder}")

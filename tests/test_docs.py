@@ -48,7 +48,10 @@ def _config_classes():
     from wsmerge.train import RunConfig
     from wsmerge.zoo import TrainConfig, ZooConfig
 
-    return [ZooConfig, TrainConfig, RunConfig, ModelConfig, PairConfig, EvalConfig]
+    from sweeps.engine import Objective, RepeatConfig, SchedulerConfig, SweepConfig, WandbConfig
+
+    return [ZooConfig, TrainConfig, RunConfig, ModelConfig, PairConfig, EvalConfig, SweepConfig, Objective,
+            SchedulerConfig, WandbConfig, RepeatConfig]
 
 
 @pytest.mark.parametrize("cls", _config_classes(), ids=lambda c: c.__name__)

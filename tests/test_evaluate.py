@@ -377,8 +377,9 @@ def test_correlation_is_nan_safe():
         constant = loss_accuracy_correlation([1.0, 2.0, 3.0, 4.0], [5.0] * 4, n_boot=50)
         # Three distinct points: many resamples repeat one point and are left out of the CI.
         small = loss_accuracy_correlation([1.0, 2.0, 3.0, np.nan], [1.0, 2.0, 3.0, 0.0], n_boot=50)
-    assert all(math.isnan(v) for v in few.values())
-    assert all(math.isnan(v) for v in constant.values())
+    corr = lambda d: [v for k, v in d.items() if not k.startswith("n_")]  # noqa: E731
+    assert all(math.isnan(v) for v in corr(few)) and (few["n_pairs"], few["n_units"]) == (2, 2)
+    assert all(math.isnan(v) for v in corr(constant))
     assert small["spearman"] == pytest.approx(1.0) and small["spearman_lo"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one length"):
         loss_accuracy_correlation([1.0, 2.0, 3.0], [1.0, 2.0])
@@ -389,8 +390,9 @@ def test_pair_loss_correlates_with_generated_accuracy(zoo):
     generated = [zoo["init"], (w1 + w2) / 2, zoo["w3"], _forcing(1)]
     loss = torch.tensor([4.0, 2.0, 1.0, 3.0])
     res = _run(zoo, generated, pair_loss=loss)
-    acc = res.per_pair.query("method == 'generated'")["acc_in"].to_numpy()
-    expected = loss_accuracy_correlation(loss, acc, NO_FT.bootstrap, NO_FT.ci, NO_FT.seed)
+    gen = res.per_pair.query("method == 'generated'")
+    # Resampled by target class set, the default unit.
+    expected = loss_accuracy_correlation(loss, gen["acc_in"], NO_FT.bootstrap, NO_FT.ci, NO_FT.seed, gen["c3"])
     summary = res.summary()
     assert {f"corr/{k}": v for k, v in expected.items()} == {
         k: v for k, v in summary.items() if k.startswith("corr/")

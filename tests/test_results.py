@@ -17,11 +17,12 @@ from sweeps.report import main as report
 from wsmerge.evaluate import loss_accuracy_correlation
 from wsmerge.files import write_json
 from wsmerge.predictiveness import PairLosses, predictiveness, write_predictiveness_csv
+from test_intervals import cluster_bootstrap_by_hand
+
 from wsmerge.results import (
     COMPLETE,
     EMPTY,
     PARTIAL,
-    bootstrap_mean,
     collect,
     mix_string,
     param_importances,
@@ -30,6 +31,7 @@ from wsmerge.results import (
 from wsmerge.train import RunConfig
 
 N_PAIRS = 8
+TARGETS = ("0-1-2", "0-1-3", "0-2-3", "1-2-3")  # two test pairs each
 METHODS = ("generated", "copy1", "copy2", "average", "task_arithmetic", "target")
 PER_PAIR = ("acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement", "logit_spread")
 EXACT = ("mse", "behavioral", "fisher", "contrastive")  # contrastive: skipped, as train skips it
@@ -80,7 +82,7 @@ def _test_pairs(rng, mix, shift):
             noise = rng.normal(0, 3) if m == "generated" else 0.0
             acc = BASE_ACC.get(m, BASE_ACC["average"] + shift) + (p - N_PAIRS / 2) + noise
             row = {"pair": p, "method": m, "activation": ("relu", "tanh")[p % 2], "c1": "0-1", "c2": "1-2",
-                   "c3": "0-1-2", "pair_loss": 0.0, "parents_acc": 46.0}
+                   "c3": TARGETS[p % len(TARGETS)], "pair_loss": 0.0, "parents_acc": 46.0}
             row.update({k: acc + rng.normal() for k in PER_PAIR})
             row["acc_in"] = acc
             row.update(collapsed=False, catchup_steps=2.0 if m != "target" and p % 3 else np.nan)
@@ -183,11 +185,6 @@ def built(tmp_path_factory):
     return folder, write_results(folder)
 
 
-def _numpy_bootstrap(x, n_boot=1000, seed=0):
-    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
-    return np.percentile(x[idx].mean(axis=1), [2.5, 97.5])
-
-
 def _generated(folder, trial_id):
     frame = pd.read_csv(folder / "trials" / trial_id / "test_pairs.csv")
     return frame[frame["method"] == "generated"]
@@ -242,7 +239,7 @@ def test_trials_table_has_one_row_per_trial_with_its_status_config_and_metrics(b
 # -------------------------------------------------------------------------------- ranking
 
 
-def test_ranking_orders_trials_by_test_acc_in_with_a_bootstrap_interval(built):
+def test_ranking_orders_trials_by_their_paired_difference_to_the_best_data_free_baseline(built):
     folder, _ = built
     rank = pd.read_csv(folder / "ranking.csv")
     assert rank["trial"].tolist() == ["t_00001", "t_00000", "t_00002"]
@@ -251,32 +248,59 @@ def test_ranking_orders_trials_by_test_acc_in_with_a_bootstrap_interval(built):
     assert "config/lr" in rank and "config/epochs" not in rank  # only what differs between trials
     for _, row in rank.iterrows():
         frame = pd.read_csv(folder / "trials" / row["trial"] / "test_pairs.csv")
-        gen = frame[frame["method"] == "generated"]
+        by = {m: f.sort_values("pair") for m, f in frame.groupby("method")}
+        gen, groups = by["generated"], list(by["generated"]["c3"])
         acc = gen["acc_in"].to_numpy()
-        lo, hi = _numpy_bootstrap(acc)
+        # Intervals resample the 4 target class sets, keeping both pairs of each.
+        lo, hi = cluster_bootstrap_by_hand(acc, groups, 1000, 0.95, 0)
+        assert (row["n_targets"], row["n_pairs"]) == (len(TARGETS), N_PAIRS)
         assert row["acc_in"] == pytest.approx(acc.mean())
         assert (row["acc_in_lo"], row["acc_in_hi"]) == pytest.approx((lo, hi))
-        assert row["acc_in_lo"] <= row["acc_in"] <= row["acc_in_hi"]
         for m in BASE_ACC:
-            assert row[m] == pytest.approx(frame.loc[frame["method"] == m, "acc_in"].mean())
-        assert row["margin"] == pytest.approx(acc.mean() - row["average"])
-        assert row["beats_average"] == (lo > row["average"])
+            assert row[m] == pytest.approx(by[m]["acc_in"].mean())
+        assert row["best_baseline"] == "average"  # the best of copy1, copy2, average, task arithmetic here
+        diff = acc - by["average"]["acc_in"].to_numpy()
+        per_target = pd.Series(diff).groupby(groups).mean().to_numpy()
+        assert row["vs_best"] == pytest.approx(diff.mean()) == pytest.approx(row["vs_average"])
+        assert (row["vs_best_lo"], row["vs_best_hi"]) == pytest.approx(
+            tuple(cluster_bootstrap_by_hand(diff, groups, 1000, 0.95, 0)))
+        assert row["vs_best_p"] == pytest.approx(stats.wilcoxon(per_target).pvalue)
+        assert row["beats_best"] == (row["vs_best_lo"] > 0)
+        assert row["vs_target"] == pytest.approx((acc - by["target"]["acc_in"].to_numpy()).mean())
         assert row["forgetting"] == pytest.approx((gen["forget_c1"].mean() + gen["forget_c2"].mean()) / 2)
         assert row["ft_acc_in"] == pytest.approx(gen["ft_acc_in"].mean())
+        ft_diff = gen["ft_acc_in"].to_numpy() - by["average"]["ft_acc_in"].to_numpy()
+        assert row["ft_vs_average"] == pytest.approx(ft_diff.mean())
         assert row["catchup_rate"] == pytest.approx(gen["catchup_steps"].notna().mean())
-        result = json.loads((folder / "trials" / row["trial"] / "result.json").read_text())
-        assert row["spearman_lo"] == result["test"]["corr/spearman_lo"]
-    assert rank["beats_average"].tolist() == [True, False, False]
+        rho = lambda rows: stats.spearmanr(gen["loss/loss"].to_numpy()[rows], acc[rows])[0]  # noqa: E731
+        assert row["spearman"] == pytest.approx(rho(np.arange(N_PAIRS)))
+        lo, hi = np.nanpercentile(_draws_of(rho, groups), [2.5, 97.5])
+        assert (row["spearman_lo"], row["spearman_hi"]) == pytest.approx((lo, hi))
+    assert rank["beats_best"].tolist() == [True, False, False]
 
 
-def test_ranking_md_explains_its_columns_and_ranks_on_test_pairs(built):
+def _draws_of(statistic, groups, n_boot=1000, seed=0):
+    """The statistic on every cluster resample, by hand (NaN kept, as a constant side gives)."""
+    keys = list(dict.fromkeys(groups))
+    draws = np.random.default_rng(seed).integers(0, len(keys), size=(n_boot, len(keys)))
+    return [statistic([i for k in d for i, g in enumerate(groups) if g == keys[k]]) for d in draws]
+
+
+def test_ranking_md_shows_paired_differences_with_their_unit(built):
     folder, _ = built
     text = (folder / "ranking.md").read_text()
     assert "6 trial(s): 3 tested (complete), 2 training" in text and "1 not started" in text
-    assert "**test** pairs" in text and "*validation* epoch" in text and "beats average" in text
+    assert "**test** pairs" in text and "*validation* epoch" in text
+    assert "(4 targets, 8 pairs)" in text and "fewer than 10 units" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and "·" in line]
     assert [line.split(" | ")[-1].strip(" |") for line in table] == ["t_00001", "t_00000", "t_00002"]
-    assert "| 1 | 0.80·behavioral + 0.30·mse | 0.002 |" in table[0] and "| yes |" in table[0]
+    rank = pd.read_csv(folder / "ranking.csv")
+    first = rank.iloc[0]
+    shown = (f"+{first['vs_best']:.1f} [+{first['vs_best_lo']:.1f}, +{first['vs_best_hi']:.1f}] "
+             f"p={first['vs_best_p']:.2g} (average)")
+    assert "| 1 | 0.80·behavioral + 0.30·mse | 0.002 |" in table[0] and shown in table[0]
+    assert "− best data-free [CI] p" in text and "− target [CI] p" in text
+    assert "| average | 49.5 | data-free |" in text  # the baselines' own accuracy, once
     assert "## Parameter importances" in text and "| lr |" in text
     for png in ("ranking.png", "loss_vs_accuracy.png", "learning_curves.png", "param_importances.png"):
         assert f"]({png})" in text
@@ -302,6 +326,7 @@ def test_loss_predictiveness_aggregates_medians_and_pools_test_pairs(built):
         rho = stats.spearmanr(generated[f"exact/{name}"], generated["acc_in"])[0]
         assert table.loc[name, "pooled/spearman"] == pytest.approx(rho)
         assert table.loc[name, "pooled/n_pairs"] == N_PAIRS * len(TESTED)
+        assert table.loc[name, "pooled/n_units"] == len(TARGETS)  # resampled by target, across trials
         assert table.loc[name, "pooled/spearman_lo"] <= rho <= table.loc[name, "pooled/spearman_hi"]
     pooled = table.loc[computed, "pooled/spearman"].abs().tolist()
     assert pooled == sorted(pooled, reverse=True) and computed[0] == "fisher"
@@ -356,14 +381,6 @@ def test_a_sweep_without_tested_trials_gets_its_files_and_says_so(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- units
-
-
-def test_bootstrap_mean_is_the_numpy_percentile_bootstrap():
-    x = np.random.default_rng(3).normal(50, 10, 25)
-    mean, lo, hi = bootstrap_mean(np.r_[x, np.nan], seed=7)
-    assert mean == pytest.approx(x.mean()) and (lo, hi) == pytest.approx(tuple(_numpy_bootstrap(x, seed=7)))
-    assert np.isnan(bootstrap_mean([4.0])[1:]).all() and bootstrap_mean([4.0])[0] == 4.0
-    assert np.isnan(bootstrap_mean([])).all()
 
 
 def test_mix_string_puts_the_heaviest_term_first():

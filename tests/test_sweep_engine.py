@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import ray
 import torch
@@ -95,7 +96,7 @@ def _check_finished(folder, n, epochs, stopped=False):
 def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, tmp_path, ray_local, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # offline all the same: the config says so
     asha = {"kind": "asha", "grace_period": 1, "reduction_factor": 2}
-    config = _write(tmp_path / "sweep.yaml", _config(sweep_zoo, scheduler=asha))
+    config = _write(tmp_path / "sweep.yaml", _config(sweep_zoo, scheduler=asha, repeat={"top": 1, "seeds": [1]}))
     args = ["--config", str(config), "--results", str(tmp_path / "results"), "--name", "e2e"]
     assert loss_combo_main(args) == 0
     folder = tmp_path / "results" / "e2e"
@@ -117,10 +118,19 @@ def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, t
         assert sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")) == ["best.pt", "checkpoint.pt"]
     assert len(list((folder / "wandb").glob("offline-run-*"))) == 3
 
+    # The trial with the best validation acc_in was trained again with seed 1, for its spread.
+    best = max(trials, key=lambda t: max(h["val/generated/acc_in"] for h in _history(folder / engine.TRIALS / t)))
+    repeated = pd.read_csv(folder / "repeats.csv")
+    assert repeated["trial"].tolist() == [best] and repeated["seeds"].tolist() == ["0 1"]
+    assert json.loads((folder / "repeats" / best / "seed-1" / "result.json").read_text())["config"]["seed"] == 1
+    assert repeated.loc[0, "acc_in/n"] == 2 and "## Across seeds" in (folder / "ranking.md").read_text()
+
     # The same command again: nothing left to run, nothing run twice.
-    before = {p: p.read_bytes() for p in (folder / engine.TRIALS).glob("*/*") if p.is_file()}
+    files = lambda: {p: p.read_bytes() for d in (engine.TRIALS, "repeats") for p in (folder / d).rglob("*")  # noqa: E731
+                     if p.is_file()}
+    before = files()
     assert loss_combo_main(args) == 0
-    assert {p: p.read_bytes() for p in (folder / engine.TRIALS).glob("*/*") if p.is_file()} == before
+    assert files() == before
     assert len(_complete(_study(folder))) == 3
 
     leaks = [p for p in folder.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
@@ -195,7 +205,7 @@ def _raising_once(after_epoch):
     """train, but the first run of each trial raises after `after_epoch` (the marker file in
     its run directory remembers that it did)."""
 
-    def train_raising_once(cfg, report, resume):
+    def train_raising_once(cfg, report, resume, zoo=None):
         marker = Path(cfg.out) / "raised-once"
 
         def report_then_raise(metrics):
@@ -204,7 +214,7 @@ def _raising_once(after_epoch):
                 marker.touch()
                 raise RuntimeError(f"a trial that raises after epoch {after_epoch}")
 
-        return train(cfg, report=report_then_raise, resume=resume)
+        return train(cfg, report=report_then_raise, resume=resume, zoo=zoo)
 
     return train_raising_once
 
@@ -255,6 +265,9 @@ def _bad(tmp_path, **changes):
          "objectives[0]: metric 'test/generated/acc_in' is not a validation metric"),
         (loss_combo_main, lambda t: _bad(t, scheduler={"kind": "asha", "grace_period": 2}),
          "scheduler.grace_period (2) must be below run.epochs (2)"),
+        (loss_combo_main, lambda t: _bad(t, repeat={"top": 1, "seeds": [0, 1]}), "repeat.seeds: 0 is run.seed"),
+        (loss_combo_main, lambda t: _bad(t, repeat={"top": 1, "vary": ["weights"]}), "vary must name some of"),
+        (loss_combo_main, lambda t: _bad(t, run={**_bad(t)["run"], "seeds": [1, 2]}), "run.seeds: a trial is one run"),
         (loss_combo_main, lambda t: "space: [unclosed", "malformed YAML"),
     ],
 )

@@ -36,14 +36,18 @@ from scipy import stats
 from wsmerge.cnn import N_PARAMS, batched_forward, check_activation
 from wsmerge.config import check_int, check_number, from_dict
 from wsmerge.data import N_CLASSES, Split, check_classes
+from wsmerge.intervals import UNITS, bootstrap_mean, bootstrap_statistic, paired_difference
 
 __all__ = [
     "METHODS",
     "EvalConfig",
     "EvalResult",
     "catchup_steps",
+    "correlation",
     "default_chunk",
     "evaluate_merges",
+    "groups_of",
+    "interval_summary",
     "loss_accuracy_correlation",
     "predict",
     "stability",
@@ -58,6 +62,12 @@ _PRED_METRICS = (
 _FT_METRICS = ("ft_acc_in", "ft_acc_out", "ft_drop")
 
 
+def _check_unit(unit: Any) -> str:
+    if unit not in UNITS:
+        raise ValueError(f"EvalConfig.interval_unit must be one of {list(UNITS)}, got {unit!r}")
+    return unit
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """How the merges are evaluated; every field is checked on construction."""
@@ -70,8 +80,11 @@ class EvalConfig:
     stability_tolerance: float = (
         1.0  # accuracy points a curve may fall below its best and stay stable
     )
-    bootstrap: int = 1000  # resamples for the correlation CIs; 0 = no CI
+    bootstrap: int = 1000  # resamples for every interval; 0 = no intervals
     ci: float = 0.95
+    # What the bootstrap resamples: "target" class sets (all pairs of a drawn target; pairs
+    # of one target share its images and CNN) or single "pair"s, which overstates certainty.
+    interval_unit: str = "target"
     seed: int = 0
     # Model×image evaluations per forward call; None: by device (see `default_chunk`).
     forward_chunk: int | None = None
@@ -92,6 +105,7 @@ class EvalConfig:
             ),
             "bootstrap": check_int(self.bootstrap, "EvalConfig.bootstrap", 0),
             "ci": check_number(self.ci, "EvalConfig.ci", 0, 1, open_low=True),
+            "interval_unit": _check_unit(self.interval_unit),
             "seed": check_int(self.seed, "EvalConfig.seed", 0),
             "forward_chunk": None
             if self.forward_chunk is None
@@ -113,12 +127,14 @@ class EvalConfig:
 class EvalResult:
     """per_pair: one row per pair × method. curves: method → acc_in [P, len(curve_steps)]
     along fine-tuning (the fine-tuned methods only; empty without fine-tuning).
-    correlation: `loss_accuracy_correlation` of the pairs' loss (empty without one)."""
+    correlation: `loss_accuracy_correlation` of the pairs' loss (empty without one).
+    intervals: `interval_summary` of `per_pair` (NaN bounds without bootstrap)."""
 
     per_pair: pd.DataFrame
     curve_steps: np.ndarray
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     correlation: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         """Flat means over pairs, keyed `method/metric`, plus `corr/...` (for a Tune report)."""
@@ -134,7 +150,39 @@ class EvalResult:
             if fine_tuned:
                 out[f"{method}/ft_stable_rate"] = float(rows["ft_stable"].astype(float).mean())
         out.update({f"corr/{k}": v for k, v in self.correlation.items()})
+        out.update(self.intervals)
         return out
+
+
+def groups_of(per_pair: pd.DataFrame, unit: str) -> pd.Series | None:
+    """The cluster key of each row of a per-pair frame for `unit` (None: each pair alone)."""
+    return per_pair["c3"] if unit == "target" else None
+
+
+def interval_summary(per_pair: pd.DataFrame, n_boot: int, ci: float, seed: int, unit: str) -> dict[str, float]:
+    """Intervals and paired comparisons from a per-pair frame (`EvalResult.per_pair` or a
+    run's test_pairs.csv), flat for a summary: `n_targets`; `generated/<m>_lo|_hi` for acc_in
+    (and ft_acc_in) by `unit`; and for every other method b on the same pairs
+    `vs_<b>/<m>`, `_lo`, `_hi`, `_p`: the generated CNN's mean difference to b, its interval
+    and the Wilcoxon p over per-target means (see `wsmerge.intervals.paired_difference`)."""
+    out: dict[str, float] = {"n_targets": float(per_pair["c3"].nunique())}
+    by = {m: rows.sort_values("pair") for m, rows in per_pair.groupby("method", sort=False)}
+    gen = by.get("generated")
+    if gen is None:
+        return out
+    for metric in ("acc_in", "ft_acc_in"):
+        if metric not in gen or not gen[metric].notna().any():
+            continue
+        groups = groups_of(gen, unit)
+        iv = bootstrap_mean(gen[metric].to_numpy(float), groups, n_boot, ci, seed)
+        out[f"generated/{metric}_lo"], out[f"generated/{metric}_hi"] = iv.lo, iv.hi
+        for method, rows in by.items():
+            if method == "generated" or not rows[metric].notna().any():
+                continue
+            d = paired_difference(gen[metric].to_numpy(float), rows[metric].to_numpy(float), groups, n_boot, ci, seed)
+            key = f"vs_{method}/{metric}"
+            out.update({key: d.value, f"{key}_lo": d.lo, f"{key}_hi": d.hi, f"{key}_p": d.p_value})
+    return out
 
 
 # ---------------------------------------------------------------------------- curve metrics
@@ -181,39 +229,39 @@ _CORRELATIONS: dict[str, Callable] = {
 }
 
 
+def correlation(name: str, x: np.ndarray, y: np.ndarray) -> float:
+    """The `name` ("spearman", "pearson" or "kendall") correlation of x and y; NaN where
+    either side is constant."""
+    return _statistic(_CORRELATIONS[name], x, y)
+
+
 def loss_accuracy_correlation(
     loss: Sequence[float] | np.ndarray | torch.Tensor,
     acc: Sequence[float] | np.ndarray | torch.Tensor,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    groups: Sequence | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Spearman, Pearson and Kendall correlation of per-pair loss against accuracy, each with
-    a percentile-bootstrap CI over pairs resampled with replacement.
+    a percentile-bootstrap CI that resamples the clusters `groups` (one key per pair, e.g. its
+    target class set; see `wsmerge.intervals`) or, with `groups=None`, pairs.
 
-    Keys `spearman`, `spearman_lo`, `spearman_hi`, and the same for `pearson` and `kendall`.
-    Pairs where either value is not finite are left out; fewer than 3 pairs give NaN, and so
-    do resamples where either side is constant (they are left out of the CI).
+    Keys `spearman`, `spearman_lo`, `spearman_hi`, the same for `pearson` and `kendall`, and
+    `n_units` (clusters resampled) and `n_pairs`. Pairs where either value is not finite are
+    left out; fewer than 3 pairs give NaN, and so do resamples where either side is constant
+    (they are left out of the CI).
     """
     x, y = (_to_numpy(v) for v in (loss, acc))
     if x.ndim != 1 or x.shape != y.shape:
         raise ValueError(f"loss and acc must be 1-D of one length, got {x.shape} and {y.shape}")
     check_number(ci, "ci", 0, 1, open_low=True)
     check_int(n_boot, "n_boot", 0)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    enough = len(x) >= 3
-    n_resamples = n_boot if enough else 0
-    resamples = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
-    out = {}
-    for name, fn in _CORRELATIONS.items():
-        out[name] = _statistic(fn, x, y) if enough else math.nan
-        boot = np.array([_statistic(fn, x[i], y[i]) for i in resamples])
-        boot = boot[np.isfinite(boot)]
-        lo, hi = (
-            np.percentile(boot, [50 * (1 - ci), 50 * (1 + ci)]) if len(boot) else (math.nan,) * 2
-        )
-        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)
+    out: dict[str, float] = {}
+    for name in _CORRELATIONS:
+        iv = bootstrap_statistic(lambda a, b: correlation(name, a, b), x, y, groups, n_boot, ci, seed)
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = iv.value, iv.lo, iv.hi
+    out["n_units"], out["n_pairs"] = float(iv.n_units), float(iv.n_pairs)
     return out
 
 
@@ -669,8 +717,11 @@ def evaluate_merges(
         if group_curves is not None:
             for m, c in zip(tuned, group_curves, strict=True):
                 curves[m][sel] = c
+    frame = _frame(methods, metrics, sets1, sets2, acts, loss)
+    groups = groups_of(frame[frame["method"] == "generated"], cfg.interval_unit)
     correlation = {}
     if loss is not None:
         acc = metrics["acc_in"][methods.index("generated")]
-        correlation = loss_accuracy_correlation(loss, acc, cfg.bootstrap, cfg.ci, cfg.seed)
-    return EvalResult(_frame(methods, metrics, sets1, sets2, acts, loss), grid, curves, correlation)
+        correlation = loss_accuracy_correlation(loss, acc, cfg.bootstrap, cfg.ci, cfg.seed, groups)
+    intervals = interval_summary(frame, cfg.bootstrap, cfg.ci, cfg.seed, cfg.interval_unit)
+    return EvalResult(frame, grid, curves, correlation, intervals)

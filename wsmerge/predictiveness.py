@@ -192,13 +192,15 @@ def predictiveness(
     bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    groups: Sequence | np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per column of `losses.values` (a column the caller adds, such as the trained
     mix's per-pair loss, gets its row too): its `loss` name, `setting`, `skipped` reason
     ("" when computed), `n_pairs` with a finite value, `seconds`, and for acc_in (and
     ft_acc_in when given) the `loss_accuracy_correlation` of the loss against it, keyed
     `acc_in/spearman`, `acc_in/spearman_lo`, ... `ft_acc_in/kendall_hi`. A skipped loss has
-    NaN correlations."""
+    NaN correlations. groups: each pair's cluster for the intervals (its target class set;
+    None resamples pairs), see `wsmerge.intervals`."""
     n_pairs = len(losses.values)
     against = {"acc_in": _to_numpy(acc_in)}
     if ft_acc_in is not None:
@@ -217,8 +219,8 @@ def predictiveness(
             "seconds": losses.seconds.get(name, math.nan),
         }
         for what, acc in against.items():
-            corr = loss_accuracy_correlation(loss, acc, bootstrap, ci, seed)
-            row.update({f"{what}/{k}": v for k, v in corr.items()})
+            corr = loss_accuracy_correlation(loss, acc, bootstrap, ci, seed, groups)
+            row.update({f"{what}/{k}": v for k, v in corr.items() if not k.startswith("n_")})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -6,9 +6,11 @@ It reads every `trials/<trial id>/` of the sweep in whatever state it is (tested
 training, not started) and writes beside them:
 
     trials.parquet              one row per trial: status, config, epochs, test/ and val/ metrics
-    ranking.csv, ranking.md     the tested trials ranked by their generated CNNs' test acc_in,
-                                with a bootstrap interval over test pairs, beside the baselines
-    ranking.png                 the same intervals against the baselines' accuracies
+    ranking.csv, ranking.md     the tested trials ranked by their generated CNNs' test acc_in
+                                minus the best data-free baseline's on the same pairs, with
+                                intervals resampling test target class sets
+    ranking.png                 those paired differences with their intervals
+    repeats.csv                 the best trials' spread across seeds, when the sweep repeated them
     loss_predictiveness.csv/.md each loss's correlation with accuracy, over trials and pooled
     loss_vs_accuracy.png        the Transformer's loss against acc_in per test pair, top 3
     learning_curves.png         validation acc_in per epoch, top 5 trials
@@ -39,8 +41,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from wsmerge.evaluate import loss_accuracy_correlation
+from wsmerge.evaluate import correlation, loss_accuracy_correlation
+from wsmerge.intervals import bootstrap_mean, bootstrap_statistic, few_units_warning, paired_difference
 from wsmerge.files import atomic_write
+from wsmerge.seeds import SEEDS_FILE, spread
 from wsmerge.train import CHECKPOINT, PREDICTIVENESS, SELECT
 
 __all__ = [
@@ -50,8 +54,8 @@ __all__ = [
     "PARTIAL",
     "SweepNotFound",
     "SweepTrials",
+    "DATA_FREE",
     "Trial",
-    "bootstrap_mean",
     "collect",
     "loss_predictiveness",
     "mix_string",
@@ -67,24 +71,25 @@ __all__ = [
 SWEEP_FILE = "sweep.yaml"
 STUDY_FILE = "study.db"
 TRIALS = "trials"
+REPEATS = "repeats"  # repeats/<trial id>/: the top trials trained again with other seeds
 
 COMPLETE, PARTIAL, EMPTY = "complete", "partial", "empty"
 BASELINES: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic", "target")
-# The baselines drawn as lines in ranking.png: copy2 sits beside copy1, and five lines crowd it.
-_PLOTTED_BASELINES = {
-    "average": ("black", "--"),
-    "copy1": ("tab:orange", ":"),
-    "task_arithmetic": ("tab:purple", "-."),
-    "target": ("tab:red", "-"),
-}
-# Run settings the sweep sets per trial (where it writes, how chatty), not hyperparameters.
-_NOT_SETTINGS = ("out", "progress")
+# The merges that need neither data nor training: a mix must beat the best of them to matter.
+DATA_FREE: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic")
+# Run settings the sweep sets per trial (where it writes, how chatty, and how many epochs a
+# trial the scheduler stopped ran before its test), not hyperparameters.
+_NOT_SETTINGS = ("out", "progress", "epochs")
 _META = ("trial", "status", "epochs", "best_epoch", "stopped_early")
 _RANKING_BASE = (
-    "rank", "trial", "mix", "acc_in", "acc_in_lo", "acc_in_hi", "margin", "beats_average", "forgetting",
-    "spearman", "spearman_lo", "spearman_hi", *BASELINES, "n_pairs", "best_epoch", "epochs", "stopped_early",
+    "rank", "trial", "mix", "acc_in", "acc_in_lo", "acc_in_hi", "best_baseline", "vs_best", "vs_best_lo",
+    "vs_best_hi", "vs_best_p", "beats_best", "forgetting",
+    "spearman", "spearman_lo", "spearman_hi",
+    *(f"vs_{b}{s}" for b in BASELINES for s in ("", "_lo", "_hi", "_p")), *BASELINES,
+    "n_targets", "n_pairs", "best_epoch", "epochs", "stopped_early",
 )
-_RANKING_FT = ("ft_acc_in", "catchup_steps", "catchup_rate", "average_ft_acc_in")
+_RANKING_FT = ("ft_acc_in", "ft_acc_in_lo", "ft_acc_in_hi", "ft_vs_average", "ft_vs_average_lo", "ft_vs_average_hi",
+               "ft_vs_average_p", "catchup_steps", "catchup_rate", "average_ft_acc_in")
 _PLOT_RANKED = 30  # rows of ranking.png; beyond that the labels no longer fit a page
 _PLOT_SCATTER = 3
 _PLOT_CURVES = 5
@@ -247,25 +252,6 @@ def trials_table(sweep: SweepTrials) -> pd.DataFrame:
 # --------------------------------------------------------------------------------- ranking
 
 
-def bootstrap_mean(
-    values: Sequence[float] | np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean, lo, hi): the mean of the finite `values` and its percentile-bootstrap interval,
-    resampling the values with replacement as `loss_accuracy_correlation` resamples pairs
-    (the same draws for the same seed and count). The interval is NaN with fewer than 2
-    values or no resamples; all three are NaN without a value."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2 or not n_boot:
-        return mean, math.nan, math.nan
-    resamples = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
-    lo, hi = np.percentile(x[resamples].mean(axis=1), [50 * (1 - ci), 50 * (1 + ci)])
-    return mean, float(lo), float(hi)
-
-
 def _weight(w: float) -> str:
     return f"{w:.2f}" if w >= 0.01 else f"{w:.1g}"
 
@@ -283,49 +269,117 @@ def _searched(table: pd.DataFrame) -> list[str]:
     return [c for c in table if c.startswith("config/") and done[c].astype(str).nunique() > 1]
 
 
+def _diff(row: dict[str, Any], key: str, d) -> None:
+    row.update({key: d.value, f"{key}_lo": d.lo, f"{key}_hi": d.hi, f"{key}_p": d.p_value})
+
+
 def ranking(sweep: SweepTrials, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """The tested trials, best first, by the mean test acc_in of their generated CNNs; one row
-    each (the rows of ranking.csv). `acc_in_lo`/`acc_in_hi`: its `bootstrap_mean` interval
-    over test pairs; `margin`: acc_in minus the average baseline's on the same pairs;
-    `beats_average`: the interval's lower bound above it. `forgetting`: mean of forget_c1
-    and forget_c2; `spearman*`: the Transformer loss's correlation with acc_in over test
-    pairs (the trial's own bootstrap interval); BASELINES: their acc_in on the same pairs.
-    With fine-tuning also `ft_acc_in`, `catchup_steps` (mean over the pairs that caught up),
-    `catchup_rate` and `average_ft_acc_in`. The searched settings follow `mix`."""
+    """The tested trials, best first, by how far their generated CNNs' mean test acc_in lies
+    above the best data-free baseline on the same pairs; one row each (the rows of
+    ranking.csv). Every interval resamples test **target class sets** (all pairs of a drawn
+    target; `wsmerge.intervals`), over `n_targets` targets holding `n_pairs` pairs.
+
+    `acc_in`, `acc_in_lo`, `acc_in_hi`: the generated CNNs' mean and interval;
+    `best_baseline`: the DATA_FREE method with the highest mean acc_in on these pairs;
+    `vs_best*`: generated − it, paired per pair (mean, interval, Wilcoxon p over per-target
+    means); `beats_best`: the interval's lower bound above 0. `vs_<b>*`: the same against
+    every baseline b; BASELINES: their mean acc_in. `forgetting`: mean of forget_c1 and
+    forget_c2; `spearman*`: the Transformer loss's rank correlation with acc_in over test
+    pairs. With fine-tuning also `ft_acc_in*`, `ft_vs_average*` (against the average baseline
+    fine-tuned alike), `catchup_steps` (mean over the pairs that caught up), `catchup_rate`
+    and `average_ft_acc_in`. The searched settings follow `mix`."""
     searched = _searched(sweep.table)
     config = sweep.table.set_index("trial")[searched]
     rows = []
     for t in sweep.complete:
-        gen = t.generated
-        mean, lo, hi = bootstrap_mean(gen["acc_in"], n_boot, ci, seed)
-        by_method = t.pairs.groupby("method")["acc_in"].mean()
+        by = {m: r.sort_values("pair") for m, r in t.pairs.groupby("method", sort=False)}
+        gen = by["generated"]
+        groups = gen["c3"]
+        acc = gen["acc_in"].to_numpy(float)
+        iv = bootstrap_mean(acc, groups, n_boot, ci, seed)
         row: dict[str, Any] = {"trial": t.id, "mix": t.mix, **config.loc[t.id].to_dict()}
-        row.update(acc_in=mean, acc_in_lo=lo, acc_in_hi=hi)
-        row.update({m: by_method.get(m, math.nan) for m in BASELINES})
-        row["margin"] = mean - row["average"]
-        # NaN compares False: a trial without an interval never counts as beating averaging.
-        row["beats_average"] = bool(lo > row["average"])
+        row.update(acc_in=iv.value, acc_in_lo=iv.lo, acc_in_hi=iv.hi, n_targets=iv.n_units, n_pairs=iv.n_pairs)
+        row.update({m: by[m]["acc_in"].mean() if m in by else math.nan for m in BASELINES})
+        for b in BASELINES:
+            if b in by:
+                _diff(row, f"vs_{b}", paired_difference(acc, by[b]["acc_in"].to_numpy(float), groups, n_boot, ci, seed))
+        free = {b: row[b] for b in DATA_FREE if np.isfinite(row[b])}
+        best = max(free, key=free.get)
+        row["best_baseline"] = best
+        row.update({k.replace(f"vs_{best}", "vs_best"): v for k, v in row.items() if k.startswith(f"vs_{best}")})
+        # NaN compares False: a trial without an interval never counts as beating the baseline.
+        row["beats_best"] = bool(row["vs_best_lo"] > 0)
         row["forgetting"] = (gen["forget_c1"].mean() + gen["forget_c2"].mean()) / 2
-        row.update({k: t.result["test"].get(f"corr/{k}", math.nan) for k in ("spearman", "spearman_lo", "spearman_hi")})
-        if "ft_acc_in" in gen:
-            average = t.pairs[t.pairs["method"] == "average"]
+        rho = bootstrap_statistic(lambda x, y: correlation("spearman", x, y), gen["loss/loss"], acc, groups, n_boot, ci, seed)
+        row.update(spearman=rho.value, spearman_lo=rho.lo, spearman_hi=rho.hi)
+        if "ft_acc_in" in gen and gen["ft_acc_in"].notna().any():
+            ft = gen["ft_acc_in"].to_numpy(float)
+            ft_iv = bootstrap_mean(ft, groups, n_boot, ci, seed)
+            row.update(ft_acc_in=ft_iv.value, ft_acc_in_lo=ft_iv.lo, ft_acc_in_hi=ft_iv.hi)
+            average = by["average"]["ft_acc_in"].to_numpy(float)
+            _diff(row, "ft_vs_average", paired_difference(ft, average, groups, n_boot, ci, seed))
             row.update(
-                ft_acc_in=gen["ft_acc_in"].mean(),
                 catchup_steps=gen["catchup_steps"].mean(),
                 catchup_rate=gen["catchup_steps"].notna().mean(),
-                average_ft_acc_in=average["ft_acc_in"].mean(),
+                average_ft_acc_in=np.nanmean(average),
             )
-        row.update(n_pairs=len(gen), best_epoch=t.result["best_epoch"], epochs=t.result["epochs"])
+        row.update(best_epoch=t.result["best_epoch"], epochs=t.result["epochs"])
         row["stopped_early"] = t.result["stopped_early"]
         rows.append(row)
     ft = [c for c in _RANKING_FT if any(c in row for row in rows)]
-    order = [*_RANKING_BASE[:3], *searched, *_RANKING_BASE[3:9], *ft, *_RANKING_BASE[9:]]
+    order = [*_RANKING_BASE[:3], *searched, *_RANKING_BASE[3:13], *ft, *_RANKING_BASE[13:]]
     if not rows:
         return pd.DataFrame(columns=order)
     table = pd.DataFrame(rows)
-    table = table.sort_values(["acc_in", "acc_in_lo", "trial"], ascending=[False, False, True], na_position="last")
+    table = table.sort_values(["vs_best", "vs_best_lo", "trial"], ascending=[False, False, True], na_position="last")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reindex(columns=order).reset_index(drop=True)
+
+
+def repeats(sweep: SweepTrials, rank: pd.DataFrame) -> pd.DataFrame:
+    """The trials the sweep repeated with other seeds (repeats/<id>/seeds.json), one row each:
+    `seeds` (the trial's own and the repeats'), and for the test acc_in of the generated CNNs
+    and its difference to the trial's best data-free baseline the mean, std, min and max over
+    those runs (`acc_in/mean`, ..., `vs_best/max`), beside the trial's within-run interval."""
+    rows = []
+    ranked = rank.set_index("trial") if len(rank) else rank
+    for path in sorted((sweep.folder / REPEATS).glob(f"*/{SEEDS_FILE}")):
+        trial_id = path.parent.name
+        if trial_id not in ranked.index:
+            continue
+        t, saved = sweep.get(trial_id), json.loads(path.read_text())
+        best = ranked.loc[trial_id, "best_baseline"]
+        tests = [t.result["test"], *(v["test"] for v in saved["seeds"].values())]
+        metrics = {"acc_in": "generated/acc_in", "vs_best": f"vs_{best}/acc_in"}
+        row: dict[str, Any] = {
+            "trial": trial_id, "mix": t.mix, "best_baseline": best,
+            "seeds": " ".join(map(str, [t.config.get("seed", 0), *saved["seeds"]])),
+            "acc_in_lo": ranked.loc[trial_id, "acc_in_lo"], "acc_in_hi": ranked.loc[trial_id, "acc_in_hi"],
+        }
+        for name, key in metrics.items():
+            values = spread(tests, (key,)).get(key, {})
+            row.update({f"{name}/{k}": values.get(k, math.nan) for k in ("mean", "std", "min", "max", "n")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _repeats_md(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["## Across seeds", "",
+             "The best trials by validation acc_in, trained again with other seeds (same config, other "
+             "initialisation and batch order; repeats/<trial>/): mean ± standard deviation [min, max] of "
+             "their test figures over the runs, beside one run's interval by target.", ""]
+    rows = []
+    for _, r in table.iterrows():
+        def spread_text(name: str, spec: str) -> str:
+            return (f"{r[f'{name}/mean']:{spec}} ± {r[f'{name}/std']:.1f} "
+                    f"[{r[f'{name}/min']:{spec}}, {r[f'{name}/max']:{spec}}]")
+        rows.append([str(r["trial"]), r["mix"], r["seeds"], spread_text("acc_in", ".1f"),
+                     f"[{_num(r['acc_in_lo'])}, {_num(r['acc_in_hi'])}]",
+                     f"{spread_text('vs_best', '+.1f')} ({_short(r['best_baseline'])})"])
+    header = ["trial", "mix", "seeds", "acc_in across seeds", "one run's acc_in interval", "− best data-free across seeds"]
+    return lines + [_md_table(header, rows), ""]
 
 
 # --------------------------------------------------------------------- loss predictiveness
@@ -337,8 +391,8 @@ def loss_predictiveness(sweep: SweepTrials, n_boot: int = 1000, ci: float = 0.95
     and max over them of its Spearman correlation with acc_in (`acc_in/spearman_median`, ...)
     and, with fine-tuning, with ft_acc_in; `pooled/...`: `loss_accuracy_correlation` of its
     `exact/<loss>` values against generated acc_in over every (trial, test pair) together,
-    `pooled/n_pairs` of them; `skipped`: the reason where some trial skipped it, in
-    `skipped_trials` trials. Sorted by |pooled Spearman|, the losses no trial computed last."""
+    `pooled/n_pairs` of them, resampled by target class set (`pooled/n_units` targets);
+    `skipped`: the reason where some trial skipped it, in `skipped_trials` trials. Sorted by |pooled Spearman|, the losses no trial computed last."""
     tables = [t.predictiveness.assign(trial=t.id) for t in sweep.complete if t.predictiveness is not None]
     if not tables:
         return pd.DataFrame(columns=["loss", "n_trials", "pooled/n_pairs", "skipped", "skipped_trials"])
@@ -357,9 +411,10 @@ def loss_predictiveness(sweep: SweepTrials, n_boot: int = 1000, ci: float = 0.95
             row.update(zip((f"{a}/spearman_median", f"{a}/spearman_min", f"{a}/spearman_max"), stats))
         column = f"exact/{name}"
         loss = generated[column] if column in generated else pd.Series(math.nan, index=generated.index)
-        row["pooled/n_pairs"] = int((np.isfinite(loss) & np.isfinite(generated["acc_in"])).sum())
-        pooled = loss_accuracy_correlation(loss.to_numpy(dtype=float), generated["acc_in"], n_boot, ci, seed)
+        pooled = loss_accuracy_correlation(loss.to_numpy(dtype=float), generated["acc_in"], n_boot, ci, seed,
+                                           generated["c3"])
         row.update({f"pooled/{k}": v for k, v in pooled.items()})
+        row["pooled/n_pairs"], row["pooled/n_units"] = int(pooled["n_pairs"]), int(pooled["n_units"])
         row["skipped"] = skipped["skipped"].iloc[0] if len(skipped) else ""
         row["skipped_trials"] = len(skipped)
         rows.append(row)
@@ -468,20 +523,25 @@ def _plot_ranking(rank: pd.DataFrame, name: str, ci: float, path: Path) -> Path:
     ax = fig.add_subplot()
     # Rank 1 on top, each row as tall as its label.
     y = -(np.cumsum(heights) - heights / 2)
-    kinds = ((True, "tab:green", "interval above average"), (False, "tab:blue", "not above average"))
+    kinds = ((True, "tab:green", "interval above 0: beats every data-free merge"),
+             (False, "tab:blue", "interval reaches 0 or below"))
     for beats, color, label in kinds:
-        sel = (shown["beats_average"] == beats).to_numpy()
+        sel = (shown["beats_best"] == beats).to_numpy()
         if sel.any():
             rows = shown[sel]
-            err = np.vstack([rows["acc_in"] - rows["acc_in_lo"], rows["acc_in_hi"] - rows["acc_in"]])
-            ax.errorbar(rows["acc_in"], y[sel], xerr=np.nan_to_num(err), fmt="o", color=color, capsize=3, label=label)
-    for method, (color, style) in _PLOTTED_BASELINES.items():
-        value = shown[method].median()
-        if np.isfinite(value):
-            ax.axvline(value, color=color, linestyle=style, label=f"{method} {value:.1f}%")
+            err = np.vstack([rows["vs_best"] - rows["vs_best_lo"], rows["vs_best_hi"] - rows["vs_best"]])
+            ax.errorbar(rows["vs_best"], y[sel], xerr=np.nan_to_num(err), fmt="o", color=color, capsize=3, label=label)
+    ax.axvline(0, color="black", linestyle="--")
+    # The target CNN3 on this axis: how far the ceiling lies above the best data-free baseline.
+    ceiling = np.nanmedian([r["target"] - r[r["best_baseline"]] for _, r in shown.iterrows()])
+    if np.isfinite(ceiling):
+        ax.axvline(ceiling, color="tab:red", linestyle="-", label=f"target CNN3 (the ceiling), {ceiling:+.1f}")
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(-heights.sum() - 0.5, 0.5)
-    ax.set_xlabel(f"test acc_in of the generated CNNs (%), mean over test pairs with its {ci:.0%} bootstrap interval")
+    best = shown["best_baseline"].mode()
+    units = f"{int(shown['n_targets'].median())} targets, {int(shown['n_pairs'].median())} pairs"
+    ax.set_xlabel(f"test acc_in: generated − best data-free baseline ({best.iloc[0] if len(best) else '?'}), "
+                  f"points, paired\n{ci:.0%} bootstrap interval resampling targets ({units})")
     more = f" (top {len(shown)} of {len(rank)})" if len(rank) > len(shown) else ""
     ax.set_title(f"{name}: trials ranked on test pairs{more}")
     ax.grid(axis="x", alpha=0.3)
@@ -578,29 +638,48 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _short(method: str) -> str:
+    return method.replace("task_arithmetic", "task arith.")
+
+
+def _vs(r: Mapping[str, Any], key: str) -> str:
+    p = r.get(f"{key}_p")
+    tail = f" p={p:.2g}" if isinstance(p, (int, float, np.number)) and np.isfinite(p) else ""
+    return _interval(r[key], r[f"{key}_lo"], r[f"{key}_hi"], "+.1f") + tail
+
+
 def ranking_markdown(rank: pd.DataFrame, top: int | None = None) -> str:
-    """The ranking (as `ranking` returns it or ranking.csv holds it) as a Markdown table."""
+    """The ranking (as `ranking` returns it or ranking.csv holds it) as a Markdown table:
+    paired differences to the baselines, each with its interval, rather than accuracies to
+    compare by eye."""
     searched = [c for c in rank if c.startswith("config/")]
     ft = "ft_acc_in" in rank and rank["ft_acc_in"].notna().any()
-    baselines = [m for m in BASELINES if rank[m].notna().any()]
-    header = ["#", "mix", *(c.removeprefix("config/") for c in searched), "acc_in [CI]", "vs average",
-              "beats average", "forgetting"]
-    header += ["ft_acc_in", "average ft_acc_in", "catch-up steps", "catch-up rate"] if ft else []
-    header += ["Spearman loss~acc [CI]", *baselines, "best epoch / run", "trial"]
+    others = [b for b in BASELINES if f"vs_{b}" in rank and rank[f"vs_{b}"].notna().any()]
+    header = ["#", "mix", *(c.removeprefix("config/") for c in searched), "acc_in [CI]",
+              "− best data-free [CI] p", "forgetting"]
+    header += ["ft_acc_in [CI]", "ft − average ft [CI] p", "catch-up steps", "catch-up rate"] if ft else []
+    header += ["Spearman loss~acc [CI]", *(f"− {_short(b)} [CI] p" for b in others), "best epoch / run", "trial"]
     rows = []
     for _, r in rank.head(top).iterrows():
         row = [str(r["rank"]), r["mix"], *(_fmt(r[c]) for c in searched)]
-        row += [_interval(r["acc_in"], r["acc_in_lo"], r["acc_in_hi"], ".1f"), _num(r["margin"], "+.1f"),
-                "yes" if r["beats_average"] else "no", _num(r["forgetting"])]
+        best = f"{_vs(r, 'vs_best')} ({_short(r['best_baseline'])})" if isinstance(r["best_baseline"], str) else "–"
+        row += [_interval(r["acc_in"], r["acc_in_lo"], r["acc_in_hi"], ".1f"), best, _num(r["forgetting"])]
         if ft:
-            row += [_num(r["ft_acc_in"]), _num(r["average_ft_acc_in"]), _num(r["catchup_steps"], ".0f"),
-                    _num(r["catchup_rate"], ".0%")]
+            row += [_interval(r["ft_acc_in"], r["ft_acc_in_lo"], r["ft_acc_in_hi"], ".1f"), _vs(r, "ft_vs_average"),
+                    _num(r["catchup_steps"], ".0f"), _num(r["catchup_rate"], ".0%")]
         row += [_interval(r["spearman"], r["spearman_lo"], r["spearman_hi"], "+.2f")]
-        row += [_num(r[m]) for m in baselines]
+        row += [_vs(r, f"vs_{b}") for b in others]
         early = " (stopped early)" if pd.notna(r["stopped_early"]) and bool(r["stopped_early"]) else ""
         row += [f"{r['best_epoch']} / {r['epochs']}{early}", str(r["trial"])]
         rows.append(row)
     return _md_table(header, rows)
+
+
+def _baselines_md(rank: pd.DataFrame) -> str:
+    """The baselines' own test acc_in (the same for every trial that tested the same pairs)."""
+    rows = [[_short(b), _num(rank[b].median()), "data-free" if b in DATA_FREE else "ceiling"]
+            for b in BASELINES if rank[b].notna().any()]
+    return _md_table(["baseline", "test acc_in (median over trials)", "kind"], rows)
 
 
 def _counts(sweep: SweepTrials) -> str:
@@ -609,7 +688,7 @@ def _counts(sweep: SweepTrials) -> str:
             f"before testing (partial: history.json only), {n[EMPTY]} not started (empty)")
 
 
-def _ranking_md(sweep: SweepTrials, rank: pd.DataFrame, importances: dict, note: str,
+def _ranking_md(sweep: SweepTrials, rank: pd.DataFrame, repeated: pd.DataFrame, importances: dict, note: str,
                 written: Mapping[str, Path], n_boot: int, ci: float, seed: int) -> str:
     lines = [f"# Ranking of the sweep {sweep.name}", "", _counts(sweep) + ".", ""]
     if rank.empty:
@@ -617,35 +696,47 @@ def _ranking_md(sweep: SweepTrials, rank: pd.DataFrame, importances: dict, note:
                   "(trials/<id>/result.json). Rebuild with `python -m sweeps.report "
                   f"{sweep.name}` later.", ""]
     else:
+        n_targets, n_pairs = int(rank["n_targets"].median()), int(rank["n_pairs"].median())
         lines += [
-            "Each row is a tested trial, ranked by **acc_in**: the in-distribution accuracy (%, on the "
-            "digits C3 = C1 ∪ C2) of the CNNs its TransformerAE generates for the **test** pairs, right "
-            f"after prediction, averaged over the {int(rank['n_pairs'].median())} test pairs, with a {ci:.0%} "
-            f"percentile-bootstrap interval over them ({n_boot} resamples, seed {seed}). The ranking is on "
-            "test pairs, which no choice saw: each trial's tested model is the one of its best "
-            "*validation* epoch, and the sweep's searcher saw validation metrics only.",
+            "Each row is a tested trial. **acc_in** is the in-distribution accuracy (%, on the digits "
+            "C3 = C1 ∪ C2) of the CNNs its TransformerAE generates for the **test** pairs, right after "
+            f"prediction, averaged over the {n_pairs} test pairs. Trials are ranked by how far that lies "
+            "above the **best data-free baseline** on the same pairs (the best of copying a parent, "
+            "weight averaging and task arithmetic). The ranking is on test pairs, which no choice saw: "
+            "each trial's tested model is the one of its best *validation* epoch, and the sweep's "
+            "searcher saw validation metrics only.",
             "",
-            "- **vs average**: acc_in minus the `average` baseline's ((w1 + w2) / 2) on the same test pairs; "
-            "**beats average**: yes when the interval's lower bound is above the average's acc_in.",
+            f"**Intervals** ([CI]) are {ci:.0%} percentile-bootstrap intervals ({n_boot} resamples, seed "
+            f"{seed}) that resample the test **target class sets** ({n_targets} targets, {n_pairs} pairs), "
+            "keeping all pairs of a drawn target: pairs of one target share its images and CNN, so "
+            "they are not independent units.",
+        ]
+        warning = few_units_warning(n_targets)
+        lines += ["", f"> **Note:** {warning}"] if warning else []
+        lines += [
+            "",
+            "- **− best data-free**: generated − the best data-free baseline (named), per pair on the "
+            "same pairs: the mean difference in points, its interval, and a Wilcoxon signed-rank p over "
+            "the per-target mean differences. An interval above 0 means the mix beats every merge that "
+            "needs no data. **− copy1 … − target**: the same against each baseline (against the target "
+            "CNN3, the ceiling, it is the gap left).",
             "- **forgetting**: accuracy points the generated CNN loses on C1's and C2's digits against "
             "CNN1 and CNN2 themselves (mean of forget_c1 and forget_c2).",
         ]
         if "ft_acc_in" in rank and rank["ft_acc_in"].notna().any():
-            lines += ["- **ft_acc_in**: acc_in after fine-tuning on C3's training images (beside the "
-                      "average baseline's, fine-tuned alike); **catch-up steps**: mean fine-tuning steps "
-                      "until the generated CNN reaches its parents' mean accuracy, over the pairs that "
-                      "did (their share: **catch-up rate**)."]
+            lines += ["- **ft_acc_in**: acc_in after fine-tuning on C3's training images; **ft − average ft**: "
+                      "its paired difference to the average baseline fine-tuned alike; **catch-up steps**: "
+                      "mean fine-tuning steps until the generated CNN reaches its parents' mean accuracy, over "
+                      "the pairs that did (their share: **catch-up rate**)."]
         lines += [
             "- **Spearman loss~acc**: rank correlation over test pairs of the Transformer's loss with "
-            "the generated CNN's acc_in, with the trial's own bootstrap interval; negative means a "
-            "lower loss comes with a better CNN.",
-            "- **copy1 … target**: the baselines' acc_in on the same test pairs: CNN1 or CNN2 as they "
-            "are, their weight average, task arithmetic, and the target CNN3 (the ceiling).",
+            "the generated CNN's acc_in; negative means a lower loss comes with a better CNN.",
         ]
         searched = [c.removeprefix("config/") for c in rank if c.startswith("config/")]
         if searched:
             lines += [f"- Settings that differ between trials: {', '.join(searched)}."]
-        lines += ["", ranking_markdown(rank), ""]
+        lines += ["", ranking_markdown(rank), "", "The baselines' own test acc_in:", "", _baselines_md(rank), ""]
+        lines += _repeats_md(repeated)
     lines += ["## Parameter importances", ""]
     if importances:
         params = _by_importance(importances)
@@ -654,7 +745,7 @@ def _ranking_md(sweep: SweepTrials, rank: pd.DataFrame, importances: dict, note:
                                                          for p in params]), ""]
     else:
         lines += [f"Not available: {note}.", ""]
-    plots = {"ranking.png": "the ranking with its intervals and the baselines",
+    plots = {"ranking.png": "each trial's paired difference to the best data-free baseline, with its interval",
              "loss_vs_accuracy.png": "the Transformer's loss against acc_in per test pair, top 3 trials",
              "learning_curves.png": "validation acc_in per epoch, top 5 trials",
              "param_importances.png": "parameter importances"}
@@ -743,6 +834,9 @@ def write_results(
     put("trials.parquet", lambda p: sweep.table.to_parquet(p, index=False))
     rank = ranking(sweep, n_boot, ci, seed)
     put("ranking.csv", lambda p: rank.to_csv(p, index=False))
+    repeated = repeats(sweep, rank)
+    if len(repeated):
+        put("repeats.csv", lambda p: repeated.to_csv(p, index=False))
     predictive = loss_predictiveness(sweep, n_boot, ci, seed)
     put("loss_predictiveness.csv", lambda p: predictive.to_csv(p, index=False))
     put("loss_predictiveness.md", lambda p: Path(p).write_text(_predictiveness_md(sweep, predictive, n_boot, ci)))
@@ -756,6 +850,6 @@ def write_results(
     if importances:
         written["param_importances.png"] = _plot_importances(importances, note, sweep.name,
                                                              folder / "param_importances.png")
-    text = _ranking_md(sweep, rank, importances, note, written, n_boot, ci, seed)
+    text = _ranking_md(sweep, rank, repeated, importances, note, written, n_boot, ci, seed)
     put("ranking.md", lambda p: Path(p).write_text(text))
     return written

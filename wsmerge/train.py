@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.data import MNIST, Split, load_mnist
-from wsmerge.evaluate import EvalConfig, evaluate_merges
+from wsmerge.evaluate import EvalConfig, evaluate_merges, groups_of
 from wsmerge.files import atomic_write, write_json
 from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix
 from wsmerge.model import ModelConfig, TransformerAE
@@ -36,12 +36,14 @@ from wsmerge.pairs import PairConfig, Pairs, make_pairs
 from wsmerge.predictiveness import pair_losses, predictiveness, write_predictiveness_csv
 from wsmerge.zoo import load, load_init, weights_matrix
 
-__all__ = ["BEST", "CHECKPOINT", "PREDICTIVENESS", "SCALINGS", "SELECT", "RunConfig", "RunResult", "train"]
+__all__ = ["BEST", "CHECKPOINT", "PREDICTIVENESS", "SCALINGS", "SELECT", "VARY", "RunConfig", "RunResult", "ZooTables",
+           "read_zoo", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 PREDICTIVENESS = "loss_predictiveness.csv"  # the model of the epoch with the best validation acc_in: the one tested
 SCALINGS = ("none", "first")
+VARY = ("init", "order", "split")  # what a repeat's seed sets (RunConfig.vary)
 _FORMAT = "wsmerge-run-checkpoint"
 # What picks the best epoch (and drives early stopping): the validation pairs' in-distribution
 # accuracy of the generated CNNs. Test pairs never take part in a choice.
@@ -92,7 +94,13 @@ class RunConfig:
     # first `queries` of its options). The behavioral paper shows each model 256; every
     # image costs a forward and backward of each generated CNN, so the CPU default is 8.
     query_images: int = 8
-    seed: int = 0
+    seed: int = 0  # model init and dropout; also batch order while order_seed is unset
+    order_seed: int | None = None  # batch order, query images and permutations (None: seed)
+    # Repeats: the same configuration once per seed (wsmerge.seeds.train_seeds, in
+    # out/seed-<s>/), each seed setting what `vary` names: "init" (seed), "order"
+    # (order_seed), "split" (pairs.seed). Empty: one run with `seed`.
+    seeds: list[int] = field(default_factory=list)
+    vary: list[str] = field(default_factory=lambda: ["init", "order"])
     device: str = "auto"  # auto: cuda when present
     # Autocast precision on CUDA (the report trains in bf16); the CPU always runs fp32.
     precision: str = "bf16"
@@ -117,6 +125,17 @@ class RunConfig:
             check_int(getattr(self, name), name, 1)
         for name in ("val_finetune_steps", "warmup_steps", "early_stopping", "predictiveness_images"):
             check_int(getattr(self, name), name, 0)
+        if self.order_seed is not None:
+            check_int(self.order_seed, "order_seed", 0)
+        if not isinstance(self.seeds, (list, tuple)) or not isinstance(self.vary, (list, tuple)):
+            raise ValueError(f"seeds and vary must be lists, got {self.seeds!r} and {self.vary!r}")
+        set_("seeds", [check_int(s, "seeds", 0) for s in self.seeds])
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        unknown = [v for v in self.vary if v not in VARY]
+        if unknown or not self.vary:
+            raise ValueError(f"vary must name some of {list(VARY)}, got {list(self.vary)}")
+        set_("vary", list(self.vary))
         for name in ("lr", "grad_clip"):
             check_number(getattr(self, name), name, 0, open_low=True)
         check_number(self.weight_decay, "weight_decay", 0, 1)
@@ -176,12 +195,30 @@ def _device(cfg: RunConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _load_data(cfg: RunConfig, device: torch.device) -> _Data:
+@dataclass(frozen=True)
+class ZooTables:
+    """A zoo store read once (`read_zoo`): a sweep puts it in Ray's object store and hands it
+    to every trial, instead of each trial reading and parsing the Parquet shards again."""
+
+    path: str
+    checkpoints: pd.DataFrame  # wsmerge.zoo.load
+    init: pd.DataFrame  # wsmerge.zoo.load_init
+
+
+def read_zoo(path: str | os.PathLike) -> ZooTables:
+    return ZooTables(str(path), load(path), load_init(path))
+
+
+def _load_data(cfg: RunConfig, device: torch.device, tables: ZooTables | None) -> _Data:
     """Everything read from disk, and every error in it, before any training starts."""
-    zoo = load(cfg.zoo)
+    if tables is None:
+        tables = read_zoo(cfg.zoo)
+    elif Path(tables.path).resolve() != Path(cfg.zoo).resolve():
+        raise ValueError(f"the zoo handed to train was read from {tables.path}, but the config's zoo is {cfg.zoo}")
+    zoo = tables.checkpoints
     pairs = make_pairs(zoo, cfg.pairs)
     weights = torch.from_numpy(weights_matrix(zoo)).to(device)
-    init_df = load_init(cfg.zoo)
+    init_df = tables.init
     init = {s: pairs.init_weights(s, init_df).to(device) for s in ("train", "val", "test")}
     mnist = load_mnist().to(device)
     targets = sorted({t for s in ("train", "val", "test") for t in pairs[s]["c3"]})
@@ -251,7 +288,8 @@ def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("format") != _FORMAT:
         raise ValueError(f"{path}: not a wsmerge training checkpoint")
-    saved = json.loads(ck["config"])
+    # Through RunConfig, so that a key added since the checkpoint was written reads as its default.
+    saved = RunConfig.from_dict(json.loads(ck["config"]), f"{path} (its saved config)").to_dict()
     if _comparable(saved) != _comparable(cfg.to_dict()):
         diffs = [
             f"{k}: {saved.get(k)!r} there, {v!r} now"
@@ -395,7 +433,8 @@ def _loss_predictiveness(cfg, model, data, split, device, generated, result, pai
         result.per_pair.loc[gen_rows, f"exact/{name}"] = result.per_pair.loc[gen_rows, "pair"].map(losses.values[name])
     ft = by_pair["ft_acc_in"].to_numpy() if "ft_acc_in" in by_pair else None
     ev = cfg.evaluation
-    return predictiveness(losses, by_pair["acc_in"].to_numpy(), ft, ev.bootstrap, ev.ci, ev.seed)
+    groups = groups_of(by_pair, ev.interval_unit)
+    return predictiveness(losses, by_pair["acc_in"].to_numpy(), ft, ev.bootstrap, ev.ci, ev.seed, groups)
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -458,11 +497,14 @@ def train(
     cfg: RunConfig,
     report: Callable[[dict[str, float]], None] | None = None,
     resume: bool = False,
+    zoo: ZooTables | None = None,
 ) -> RunResult:
     """Train, validate every epoch, test the best epoch's model at the end. `resume`:
     continue the checkpoint in `cfg.out` if there is one, start if there is none, and return
     a finished run's saved result without running anything (`already_complete`); without
-    `resume`, `cfg.out` must not hold a run."""
+    `resume`, `cfg.out` must not hold a run. zoo: `cfg.zoo` already read (`read_zoo`)."""
+    if cfg.seeds:
+        raise ValueError(f"the config asks for seeds {cfg.seeds}: run it with wsmerge.seeds.train_seeds")
     out = Path(cfg.out)
     ck_path = out / CHECKPOINT
     if not resume and ck_path.exists():
@@ -473,7 +515,7 @@ def train(
         if done is not None:
             return done
     device = _device(cfg)
-    data = _load_data(cfg, device)
+    data = _load_data(cfg, device, zoo)
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
@@ -481,7 +523,7 @@ def train(
     model.set_normalization(data.weights[torch.from_numpy(np.unique(np.concatenate(data.pairs.indices("train"))))])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(cfg.warmup_steps, 1)))
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed if cfg.order_seed is None else cfg.order_seed)
     history: list[dict[str, float]] = []
     start_epoch, best_epoch, best_value = 1, 0, -math.inf
     if checkpoint is not None:
