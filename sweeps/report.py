@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wsmerge.intervals import few_units_warning
 from wsmerge.results import COMPLETE, EMPTY, PARTIAL, SweepNotFound, ranking_markdown, write_results
 
 
@@ -52,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print("no complete trial yet: the ranking appears once a trial has tested its model (result.json)")
     else:
         shown = f"top {args.top} of {len(rank)}" if len(rank) > args.top else f"all {len(rank)}"
-        print(f"\nranking on test pairs ({shown}; columns explained in ranking.md):\n")
+        n_targets, n_pairs = int(rank["n_targets"].median()), int(rank["n_pairs"].median())
+        print(f"\nranking on test pairs ({shown}; intervals resample {n_targets} target class sets, "
+              f"{n_pairs} pairs; columns explained in ranking.md):\n")
         print(ranking_markdown(rank, args.top))
+        warning = few_units_warning(n_targets)
+        if warning:
+            print(f"\nnote: {warning}")
     print("\nwritten:")
     for path in paths.values():
         print(f"  {path}")

@@ -62,6 +62,7 @@ __all__ = [
     "param_importances",
     "ranking",
     "ranking_markdown",
+    "ranking_summary",
     "trials_table",
     "write_results",
 ]
@@ -673,6 +674,23 @@ def ranking_markdown(rank: pd.DataFrame, top: int | None = None) -> str:
         row += [f"{r['best_epoch']} / {r['epochs']}{early}", str(r["trial"])]
         rows.append(row)
     return _md_table(header, rows)
+
+
+def ranking_summary(rank: pd.DataFrame, ci: float = 0.95, top: int = 3) -> str:
+    """A few lines for the terminal at the end of a sweep: the best `top` trials' test acc_in
+    and their paired difference to the best data-free baseline, each interval with its unit."""
+    if rank.empty:
+        return "no trial tested yet"
+    n_targets, n_pairs = int(rank["n_targets"].median()), int(rank["n_pairs"].median())
+    lines = [f"top {min(top, len(rank))} of {len(rank)} tested trials on test pairs ({ci:.0%} intervals resampling "
+             f"{n_targets} target class set{'s' * (n_targets != 1)}, {n_pairs} pairs):"]
+    for _, r in rank.head(top).iterrows():
+        lines.append(f"  #{r['rank']} {r['mix']}")
+        lines.append(f"     acc_in {_interval(r['acc_in'], r['acc_in_lo'], r['acc_in_hi'], '.1f')}; "
+                     f"− {_short(r['best_baseline'])} (best data-free) {_vs(r, 'vs_best')}; "
+                     f"− target {_vs(r, 'vs_target')}")
+    warning = few_units_warning(n_targets)
+    return "\n".join(lines + ([f"note: {warning}"] if warning else []))
 
 
 def _baselines_md(rank: pd.DataFrame) -> str:

@@ -255,8 +255,11 @@ def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data:
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16"):
         out = model(w1, w2)
         # The contrastive term's second view: the same pairs after neuron permutations,
-        # which change the weights but not the functions.
-        aug = model(permute_neurons(w1, gen), permute_neurons(w2, gen)).neck if "neck_aug" in needs else None
+        # which change the weights but not the functions. Only its neck is needed, so the
+        # decoder (most of the seed preset's parameters) is not run for it.
+        aug = None
+        if "neck_aug" in needs:
+            aug = model.fuse(model.encode(permute_neurons(w1, gen), 0), model.encode(permute_neurons(w2, gen), 1))
     ctx = LossContext(
         activation=act,
         images=images,
