@@ -110,10 +110,10 @@ def _padded(index_lists: list[torch.Tensor], device) -> tuple[torch.Tensor, torc
 
 
 def _forward(weights, images, activation, dropout=0.0, seeds=None):
-    """`batched_forward`, with a lone model run beside a frozen copy of itself: oneDNN (the
-    CPU's convolutions) computes a one-group convolution with another algorithm than a
-    grouped one, which would make a model trained alone differ in its last bits."""
-    if weights.shape[0] > 1:
+    """`batched_forward`, with a lone model on a CPU run beside a frozen copy of itself:
+    oneDNN computes a one-group convolution with another algorithm than a grouped one, which
+    would make a model trained alone differ in its last bits."""
+    if weights.shape[0] > 1 or weights.device.type != "cpu":
         return batched_forward(weights, images, activation, dropout, seeds)
     pair = lambda t: None if t is None else torch.cat([t, t.detach()])  # noqa: E731
     own = images if images.dim() == 5 else None
