@@ -3,9 +3,10 @@
 1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
    two-class jobs: model-images per second by models per step, fp32 and bf16 autocast, for
    two epochs with per-epoch validation and a test checkpoint, after a warm-up.
-2. The full zoo's projected minutes at the best rate of each precision: the full profile's
-   model-images (training images × epochs, every model to its last bin) over that rate,
-   stretched by the share of step slots that grouping by image count leaves idle.
+2. The full zoo's projected minutes by models per step and precision: the full profile's
+   model-images (training images × epochs, every model to its last bin) over the measured
+   rate, stretched by the share of step slots that models past their own epoch leave idle
+   in groups of that size (grouped by image count).
 3. The accuracy check: the same sample of two- and five-class jobs trained in fp32 and in
    bf16, median test accuracy on own classes per class count.
 4. The merge model (TransformerAE, `tiny` and `seed` presets, bf16 autocast on a GPU):
@@ -127,13 +128,15 @@ def main() -> None:
     rates = zoo_rates(data, device, sizes, 64 if quick else 1000)
 
     full = profile("full")
-    print(f"\nfull zoo ({len(full.jobs())} models, {full.train.last_epoch} epochs each), projected:")
+    plans = {k: plan_build(full, full.jobs(), k, data) for k in sizes}
+    print(f"\nfull zoo ({len(full.jobs())} models, {full.train.last_epoch} epochs each), projected at the "
+          f"two-class rates, stretched by the step slots that models past their epoch leave idle:")
     for precision in ("fp32", "bf16"):
-        k = max(sizes, key=lambda s: rates[precision, s])
-        plan = plan_build(full, full.jobs(), k, data)
-        minutes = plan.model_images / rates[precision, k] / (1 - plan.idle_share) / 60
-        print(f"  {precision}: {plan.model_images:,} model-images at {rates[precision, k]:,.0f}/s "
-              f"({k} models/step, {100 * plan.idle_share:.1f}% of step slots idle): {minutes:,.1f} min")
+        minutes = {k: p.model_images / rates[precision, k] / (1 - p.idle_share) / 60 for k, p in plans.items()}
+        for k, p in plans.items():
+            best = "  <- best" if k == min(minutes, key=minutes.get) else ""
+            print(f"  {precision}  {k:5d} models/step: {p.model_images:,} model-images at {rates[precision, k]:,.0f}/s, "
+                  f"{100 * p.idle_share:4.1f}% idle: {minutes[k]:10,.1f} min{best}")
 
     print("\naccuracy check, relu jobs (bf16 runs as fp32 on a CPU), test accuracy on own classes, median:")
     accuracy_check(data, *((1, 100, 4) if quick else (4, None, 64)))

@@ -135,25 +135,27 @@ def test_evaluation_in_chunks_equals_one_call(mnist, monkeypatch):
     """A forced small element limit splits the evaluation over models and images; the
     accuracies stay those of one call, and those of the module CNN model by model."""
     torch.manual_seed(0)
-    weights = torch.stack([init_weights("relu", "kaiming_uniform", s) for s in range(5)]).double()
+    acts = ["gelu", "relu", "relu", "tanh", "tanh"]
+    weights = torch.stack([init_weights(a, "kaiming_uniform", s) for s, a in enumerate(acts)]).double()
     weights += 0.05 * torch.randn_like(weights)
     lists = [mnist.val.indices(c, 40) for c in [(0, 1), (2,), (3, 4, 5), (6, 7), (0, 9, 8, 1)]]
     idx, mask = _padded(lists, "cpu")
-    whole = _accuracy(weights, mnist.val, idx, mask, "relu")
+    whole = _accuracy(weights, mnist.val, idx, mask, acts)
     monkeypatch.setattr(wsmerge.cnn, "MAX_MODEL_IMAGES", 37)
-    assert _accuracy(weights, mnist.val, idx, mask, "relu") == whole
+    assert _accuracy(weights, mnist.val, idx, mask, acts) == whole
     for k, i in enumerate(lists):
-        model = CNN("relu").double()
+        model = CNN(acts[k]).double()
         model.load_state_dict(unflatten(weights[k]))
         with torch.no_grad():
             pred = model(mnist.val.images[i].double()).argmax(1)
         assert whole[k] == 100.0 * (pred == mnist.val.labels[i]).sum().item() / len(i)
 
 
-# Jobs of three image counts (100, 150 and 200 images: 7, 10 and 13 steps of 16), dropout,
-# and a margin that stops some models early and not others.
+# Jobs of two activations and three image counts (100, 150 and 200 images: 7, 10 and 13
+# steps of 16), dropout, and a margin that stops some models early and not others.
 GROUPING = ZooConfig(
-    name="grouping", digits=(0, 1, 2, 3), activations=("relu",),
+    name="grouping", digits=(0, 1, 2, 3), activations=("relu", "tanh"),
+    subsets=((0, 1), (1, 2), (2, 3), (0, 1, 2), (1, 2, 3), (0, 1, 2, 3)),
     train=TrainConfig(max_epochs=4, bins=(2, 4), batch_size=16, train_per_class=50, eval_per_class=30,
                       patience=1, margin=3.0, dropout=0.1, cycle_half_epochs=1.0),
 )
@@ -198,7 +200,7 @@ def test_grouping_never_changes_a_model(mnist, alone):
     jobs = GROUPING.jobs()
     assert {r.early_stopped for r in alone.values()} == {True, False}
     assert len({len(r.train_loss) for r in alone.values()}) == 2
-    for models_per_step in (3, 64):
+    for models_per_step in (3, 12):
         grouped = _train_all(mnist, jobs, models_per_step)
         for job in jobs:
             _assert_same(grouped[job], alone[job])

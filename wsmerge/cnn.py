@@ -10,9 +10,10 @@ and the flat vectors of all models line up position by position.
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -248,12 +249,13 @@ def _grouped_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Te
 def batched_forward(
     weights: torch.Tensor,
     images: torch.Tensor,
-    activation: str,
+    activation: str | Sequence[str],
     dropout: float = 0.0,
     dropout_seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits of M CNNs: weights [M, 2464]; images [N, 1, 28, 28] shared by all models, or
-    [M, N, 1, 28, 28] one batch per model. Returns [M, N, 10].
+    [M, N, 1, 28, 28] one batch per model; `activation` one for all models or one per model
+    (each run of equal neighbours is one call). Returns [M, N, 10].
 
     Grouped convolutions run all M models in one kernel call per layer; the result is
     differentiable with respect to both weights and images. Dropout (training) needs
@@ -264,7 +266,24 @@ def batched_forward(
     m = weights.shape[0]
     if dropout > 0 and (dropout_seeds is None or dropout_seeds.shape != (m,)):
         raise ValueError(f"dropout {dropout} needs dropout_seeds of shape [{m}]")
-    act = activation_fn(activation)
+    if isinstance(activation, str):
+        runs = [(activation_fn(activation), 0, m)]
+    else:
+        if len(activation) != m:
+            raise ValueError(f"{m} weight vectors but {len(activation)} activations")
+        runs, start = [], 0
+        for name, group in itertools.groupby(activation):
+            n_run = len(list(group))
+            runs.append((activation_fn(name), start, start + n_run))
+            start += n_run
+
+    def act(t: torch.Tensor) -> torch.Tensor:
+        if len(runs) == 1:
+            return runs[0][0](t)
+        dim = 1 if t.dim() == 4 else 0  # [N, M*C, H, W] or [M, N, F]
+        per = t.shape[dim] // m
+        return torch.cat([fn(t.narrow(dim, a * per, (b - a) * per)) for fn, a, b in runs], dim)
+
     p = unflatten(weights)
     if images.dim() == 4:
         n = images.shape[0]

@@ -7,7 +7,6 @@ train groups too.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -37,15 +36,13 @@ def train_images(jobs: list[Job], cfg: TrainConfig, data: MNIST) -> dict[Job, in
 
 
 def plan_groups(jobs: list[Job], models_per_step: int, images: Mapping[Job, int]) -> list[list[Job]]:
-    """Groups trained in one step share an activation (one forward) and have neighbouring
-    image counts: a group's epoch lasts as long as its largest member's, and the others sit
-    out the steps past their own epoch, so similar counts leave little of the step idle."""
-    groups = []
-    for _, members in itertools.groupby(sorted(jobs, key=lambda j: (j.activation, images[j], j.id)),
-                                        key=lambda j: j.activation):
-        members = list(members)
-        groups += [members[i : i + models_per_step] for i in range(0, len(members), models_per_step)]
-    return groups
+    """Groups of neighbouring image counts: a group's epoch lasts as long as its largest
+    member's, and the others sit out the steps past their own epoch, so similar counts leave
+    little of the step idle. Activations mix (every class set comes in each of them, with the
+    same image count), which keeps large groups' counts close: 15% of the full zoo's step
+    slots idle at 1024 models a step, against 50% in groups of one activation."""
+    members = sorted(jobs, key=lambda j: (images[j], j.activation, j.id))
+    return [members[i : i + models_per_step] for i in range(0, len(members), models_per_step)]
 
 
 def probe_rate(jobs: list[Job], data: MNIST, cfg: TrainConfig, seconds: float = 3.0) -> float:

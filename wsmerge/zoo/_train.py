@@ -1,7 +1,7 @@
 """Training zoo CNNs with the seed recipe, one model or many per step.
 
-All models of a group share an activation and step together: their weights are the rows of
-one [K, 2464] tensor run through the grouped-convolution forward. Nothing a model sees
+All models of a group step together: their weights are the rows of one [K, 2464] tensor
+run through the grouped-convolution forward (rows of one activation side by side). Nothing a model sees
 depends on the rest of its group: each model has its own epoch length, cyclic schedule,
 Adam step count, batch order and dropout masks, and a model whose epoch has ended sits out
 the group's remaining steps (no update, no Adam state change). So a zoo is the same, bit
@@ -117,18 +117,22 @@ def _forward(weights, images, activation, dropout=0.0, seeds=None):
         return batched_forward(weights, images, activation, dropout, seeds)
     pair = lambda t: None if t is None else torch.cat([t, t.detach()])  # noqa: E731
     own = images if images.dim() == 5 else None
-    out = batched_forward(pair(weights), pair(own) if own is not None else images, activation, dropout, pair(seeds))
+    out = batched_forward(pair(weights), pair(own) if own is not None else images, list(activation) * 2, dropout,
+                          pair(seeds))
     return out[:1]
 
 
 @torch.no_grad()
-def _accuracy(weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activation: str) -> list[float]:
-    """Percent accuracy of each model on its row of idx [K, n] where mask [K, n] is set
-    (NaN for an empty row). Forward calls stay under `wsmerge.cnn.MAX_MODEL_IMAGES`."""
+def _accuracy(
+    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations: list[str]
+) -> list[float]:
+    """Percent accuracy of each model (activations: one per row) on its row of idx [K, n]
+    where mask [K, n] is set (NaN for an empty row). Forward calls stay under
+    `wsmerge.cnn.MAX_MODEL_IMAGES`."""
     correct = torch.zeros(len(weights), dtype=torch.long, device=weights.device)
     for ms, ns in forward_chunks(len(weights), idx.shape[1], _EVAL_MODEL_IMAGES):
         ci = idx[ms, ns]
-        pred = _forward(weights[ms], split.images[ci], activation).argmax(-1)
+        pred = _forward(weights[ms], split.images[ci], activations[ms]).argmax(-1)
         correct[ms] += ((pred == split.labels[ci]) & mask[ms, ns]).sum(1)
     counts = mask.sum(1)
     return [100.0 * c / n if n else math.nan for c, n in zip(correct.tolist(), counts.tolist())]
@@ -184,12 +188,12 @@ def train_group(
     cfg: TrainConfig,
     on_epoch: Callable[[int], None] | None = None,
 ) -> list[ModelRecord]:
-    """Train `jobs` (one shared activation) together on `data`'s device; one record each,
-    the same as each job trained alone."""
-    activations = {j.activation for j in jobs}
-    if len(activations) != 1:
-        raise ValueError(f"a training group needs one activation, got {sorted(activations)}")
-    (activation,) = activations
+    """Train `jobs` together on `data`'s device; one record each, in their order, the same
+    as each job trained alone."""
+    # Rows of one activation side by side: each run of them is one activation call.
+    order = sorted(range(len(jobs)), key=lambda k: jobs[k].activation)
+    jobs = [jobs[k] for k in order]
+    acts = [j.activation for j in jobs]
     device = data.train.images.device
     bf16 = device.type == "cuda" and cfg.precision == "bf16"
     records = [ModelRecord(j) for j in jobs]
@@ -211,7 +215,7 @@ def train_group(
     def checkpoint(sel: list[int], epoch: int):
         ws = w.detach()[sel]
         acc = {
-            name: _accuracy(ws, data.test, evals[name][0][sel], evals[name][1][sel], activation)
+            name: _accuracy(ws, data.test, evals[name][0][sel], evals[name][1][sel], [acts[r] for r in sel])
             for name in ("in", "out")
         }
         for i, r in enumerate(sel):
@@ -227,7 +231,7 @@ def train_group(
         for s in range(n_steps):
             idx = batches[:, s]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                logits = _forward(w, data.train.images[idx], activation, cfg.dropout, keys + t[s])
+                logits = _forward(w, data.train.images[idx], acts, cfg.dropout, keys + t[s])
             per_model = F.cross_entropy(
                 logits.float().reshape(-1, 10), data.train.labels[idx].reshape(-1), reduction="none"
             ).view(len(rows), -1).mean(1)
@@ -236,7 +240,7 @@ def train_group(
             _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
             loss_sum += torch.where(active[s], per_model.detach(), 0.0)
 
-        val = _accuracy(w.detach(), data.val, *evals["val"], activation)
+        val = _accuracy(w.detach(), data.val, *evals["val"], acts)
         losses = (loss_sum / torch.from_numpy(sched.steps).to(device)).tolist()
         stopping = []
         for r, k in enumerate(rows):
@@ -260,10 +264,13 @@ def train_group(
             m, v, keys = m[keep], v[keep], keys[keep]
             evals = {name: (i[keep], k[keep]) for name, (i, k) in evals.items()}
             sched = sched.select(keep)
-            rows = [rows[r] for r in keep]
+            rows, acts = [rows[r] for r in keep], [acts[r] for r in keep]
         if on_epoch is not None:
             on_epoch(epoch)
 
     for k in rows:
         records[k].stopped_epoch = cfg.last_epoch
-    return records
+    in_order = [records[0]] * len(records)
+    for i, k in enumerate(order):
+        in_order[k] = records[i]
+    return in_order
