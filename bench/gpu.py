@@ -34,7 +34,7 @@ from merge_throughput import train_rate
 from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
-from wsmerge.zoo import Job, TrainConfig, plan_build, profile, train_group
+from wsmerge.zoo import Job, TrainConfig, plan_build, profile, train_group, train_images
 
 
 def _sync(device: str) -> None:
@@ -51,7 +51,7 @@ def zoo_rates(data, device: str, sizes: list[int], per_class: int) -> dict[tuple
                           precision=precision)
         for k in sizes:
             jobs = [Job(pairs[i % len(pairs)], "relu", "kaiming_uniform", i) for i in range(k)]
-            images = sum(len(data.train.indices(j.classes, per_class)) for j in jobs) * cfg.last_epoch
+            images = sum(train_images(jobs, cfg, data).values()) * cfg.last_epoch
             train_group(jobs, data, dataclasses.replace(cfg, max_epochs=1, bins=(1,), train_per_class=cfg.batch_size))
             _sync(device)
             start = time.perf_counter()
@@ -83,7 +83,7 @@ def matmul_rate(device: str, n: int) -> float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
     _sync(device)
-    reps = 20 if device == "cuda" else 3
+    reps = 100 if device == "cuda" else 3
     start = time.perf_counter()
     for _ in range(reps):
         a @ b

@@ -1,8 +1,8 @@
 """Training zoo CNNs with the seed recipe, one model or many per step.
 
 All models of a group step together: their weights are the rows of one [K, 2464] tensor
-run through the grouped-convolution forward (rows of one activation side by side). Nothing a model sees
-depends on the rest of its group: each model has its own epoch length, cyclic schedule,
+run through the grouped-convolution forward (rows of one activation side by side).
+Nothing a model sees depends on the rest of its group: each model has its own epoch length, cyclic schedule,
 Adam step count, batch order and dropout masks, and a model whose epoch has ended sits out
 the group's remaining steps (no update, no Adam state change). So a zoo is the same, bit
 for bit on a CPU, however its jobs are grouped (tests/test_zoo_train.py).
@@ -198,11 +198,20 @@ def train_group(
     bf16 = device.type == "cuda" and cfg.precision == "bf16"
     records = [ModelRecord(j) for j in jobs]
     gens = [_job_generator(j) for j in jobs]
-    train_idx = [data.train.indices(j.classes, cfg.train_per_class) for j in jobs]
-    evals = {
-        name: _padded([get(j.classes, cfg.eval_per_class) for j in jobs], device)
-        for name, get in (("val", data.val.indices), ("in", data.test.indices), ("out", data.test.others))
+    # Index lists on the host, one per class set (the activations of a class set share it):
+    # batches are drawn there and copied once an epoch, as a GPU would spend more time
+    # launching K small permutation kernels than running them.
+    lists = {
+        name: {c: get(c, budget).cpu() for c in {j.classes for j in jobs}}
+        for name, get, budget in (
+            ("train", data.train.indices, cfg.train_per_class),
+            ("val", data.val.indices, cfg.eval_per_class),
+            ("in", data.test.indices, cfg.eval_per_class),
+            ("out", data.test.others, cfg.eval_per_class),
+        )
     }
+    train_idx = [lists["train"][j.classes] for j in jobs]
+    evals = {name: _padded([lists[name][j.classes] for j in jobs], device) for name in ("val", "in", "out")}
     sched = _Schedule(np.array([math.ceil(len(i) / cfg.batch_size) for i in train_idx]), cfg)
     # Dropout masks hash (job, own update index): a stream per job, as the batch order.
     keys = torch.tensor([_job_key(j) & 0x7FFFFFFF for j in jobs], dtype=torch.long, device=device) << 32
@@ -218,8 +227,9 @@ def train_group(
             name: _accuracy(ws, data.test, evals[name][0][sel], evals[name][1][sel], [acts[r] for r in sel])
             for name in ("in", "out")
         }
+        host = ws.cpu().numpy()
         for i, r in enumerate(sel):
-            records[rows[r]].checkpoints[epoch] = (ws[i].cpu().numpy().copy(), acc["in"][i], acc["out"][i])
+            records[rows[r]].checkpoints[epoch] = (host[i].copy(), acc["in"][i], acc["out"][i])
 
     for epoch in range(1, cfg.last_epoch + 1):
         neg_step, bc2, active, t = sched.epoch(epoch, device)
