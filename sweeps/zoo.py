@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="fraction of a GPU per actor")
     p.add_argument("--models-per-step", type=int, default=BuildOptions.models_per_step,
                    help="models one actor trains per step; the zoo is the same whatever it is "
-                        "(CPU: 2-4, GPU: 1024 or more)")
+                        "(CPU: 2-4; GPU: hundreds to thousands, bench/gpu.py measures)")
     p.add_argument("--data-root", help="torchvision MNIST root instead of the packaged copy")
     p.add_argument("--export-csv", type=Path, help="also write the seed report's CSV layout here")
     p.add_argument("--plan", action="store_true",
