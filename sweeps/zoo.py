@@ -162,7 +162,8 @@ def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
     torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
     rate = probe_rate(probe, data.to(device), cfg.train)
     actors = opts.actors or 1
-    minutes = plan.model_images / (rate * actors) / 60
+    # The probe's group has one image count; idle slots stretch the real groups' steps.
+    minutes = plan.model_images / (1 - plan.idle_share) / (rate * actors) / 60
     print(
         f"zoo {cfg.name} at {out}: {plan.jobs} models to train ({len(cfg.jobs()) - plan.jobs} already built), "
         f"{plan.groups} groups of up to {opts.models_per_step}\n"
