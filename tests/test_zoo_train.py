@@ -228,11 +228,39 @@ def test_killed_build_resumed_with_another_grouping(tmp_path, mnist, alone):
     assert resumed.drop(columns="weights").equals(reference.drop(columns="weights"))
 
 
+def _lowbias32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
 def test_dropout_masks_are_the_job_s_own(mnist):
     seeds = torch.tensor([5, 6, 2**40 + 5])
     keep = wsmerge.cnn.dropout_keep(seeds, 1, (64, 8, 12, 12), 0.25)
+    # Element i of model m, computed in Python integers.
+    for m, i in [(0, 0), (1, 77), (2, 73727)]:
+        s = int(seeds[m])
+        key = _lowbias32((_lowbias32(s & 0xFFFFFFFF) + (s >> 32)) & 0xFFFFFFFF)
+        key = _lowbias32((key + 0x9E3779B9) & 0xFFFFFFFF)
+        assert keep[m].flatten()[i].item() == (_lowbias32((key + i) & 0xFFFFFFFF) >= 2**30)
     assert keep.shape == (3, 64, 8, 12, 12)
     assert abs(keep.float().mean().item() - 0.75) < 0.01
     assert torch.equal(keep[1], wsmerge.cnn.dropout_keep(seeds[1:2], 1, (64, 8, 12, 12), 0.25)[0])
     assert (keep[0] != keep[1]).float().mean() > 0.3 and (keep[0] != keep[2]).float().mean() > 0.3
     assert (keep[0] != wsmerge.cnn.dropout_keep(seeds[:1], 2, (64, 8, 12, 12), 0.25)[0]).float().mean() > 0.3
+
+
+@pytest.mark.parametrize("n, per_step", [(5, 4), (22, 4), (12, 3), (12, 12), (1, 4), (13, 4), (4097, 1024), (7, 1)])
+def test_groups_cover_every_job_in_close_image_counts(n, per_step):
+    rng = np.random.default_rng(n)
+    jobs = [Job((0, 1), ("relu", "tanh")[i % 2], "kaiming_uniform", i) for i in range(n)]
+    images = {j: int(rng.integers(100, 1000)) for j in jobs}
+    groups = plan_groups(jobs, per_step, images)
+    assert sorted(j for g in groups for j in g) == sorted(jobs)
+    assert len(groups) == math.ceil(n / per_step)
+    sizes = [len(g) for g in groups]
+    assert max(sizes) <= per_step and max(sizes) - min(sizes) <= 1
+    counts = [images[j] for g in groups for j in g]
+    assert counts == sorted(counts)

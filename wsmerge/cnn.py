@@ -223,9 +223,9 @@ def _hash32(h: torch.Tensor) -> torch.Tensor:
 
 
 def dropout_keep(seeds: torch.Tensor, layer: int, shape: tuple[int, ...], p: float) -> torch.Tensor:
-    """Dropout masks [M, *shape] (True = kept, probability 1 - p): model m's mask is a hash of
-    (seeds[m] (int64), layer, element index) alone, so it does not depend on the other models of the
-    call, on the device, or on torch's global generator."""
+    """Dropout masks [M, *shape] (True = kept, probability 1 - p): model m's mask is a hash
+    of (seeds[m] (int64), layer, element index) alone, so it does not depend on the other
+    models of the call, on the device, or on torch's global generator."""
     seeds = seeds.long()
     n = math.prod(shape)
     key = _hash32((_hash32(seeds & _M32) + (seeds >> 32)) & _M32)

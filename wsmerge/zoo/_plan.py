@@ -40,9 +40,13 @@ def plan_groups(jobs: list[Job], models_per_step: int, images: Mapping[Job, int]
     member's, and the others sit out the steps past their own epoch, so similar counts leave
     little of the step idle. Activations mix (every class set comes in each of them, with the
     same image count), which keeps large groups' counts close: 15% of the full zoo's step
-    slots idle at 1024 models a step, against 50% in groups of one activation."""
+    slots idle at 1024 models a step, against 50% in groups of one activation. Group sizes
+    differ by one at most, so that no model is left alone (on a CPU a lone model costs
+    two, see _train._forward) unless there is one job."""
     members = sorted(jobs, key=lambda j: (images[j], j.activation, j.id))
-    return [members[i : i + models_per_step] for i in range(0, len(members), models_per_step)]
+    n_groups = -(-len(members) // models_per_step)
+    bounds = [round(i * len(members) / n_groups) for i in range(n_groups + 1)]
+    return [members[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def probe_rate(jobs: list[Job], data: MNIST, cfg: TrainConfig, seconds: float = 3.0) -> float:
