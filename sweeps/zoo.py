@@ -6,7 +6,16 @@ A YAML config names a base profile and overrides any of its fields:
     activations: [relu, gelu]
     train: {max_epochs: 7, bins: [3, 5, 7]}
 
-Running the same command again resumes: finished models are skipped.
+Running the same command again resumes: finished models are skipped. `--plan` says what a
+build would do (jobs, model-images, disk, time from a short probe) and trains nothing.
+
+The zoo directory (docs/zoo.md):
+
+    <out>/manifest.json            format, the config that built it, the job ids
+    <out>/init.parquet             epoch-0 weights of every (activation, init, seed)
+    <out>/shards/<job_id>.parquet  one model: a row per epoch bin, its weights and metrics
+
+Read it with `wsmerge.zoo.load(out)` (one row per checkpoint).
 """
 
 from __future__ import annotations
@@ -15,10 +24,25 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from wsmerge.cnn import ACTIVATIONS, INITS
 from wsmerge.config import read_yaml
 from wsmerge.data import load_mnist
-from wsmerge.zoo import PROFILES, BuildOptions, ZooConfig, ZooStoreError, build_zoo, export_csv, load
+from wsmerge.zoo import (
+    PROFILES,
+    BuildOptions,
+    ZooConfig,
+    ZooStore,
+    ZooStoreError,
+    build_zoo,
+    export_csv,
+    load,
+    plan_build,
+    plan_groups,
+    probe_rate,
+    train_images,
+)
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
@@ -26,7 +50,10 @@ def _csv_list(value: str) -> tuple[str, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sweeps.zoo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m sweeps.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"activations: {', '.join(ACTIVATIONS)}\ninits: {', '.join(INITS)}",
+    )
     p.add_argument("--profile", choices=sorted(PROFILES), default=None, help="base profile (default tiny)")
     p.add_argument("--config", type=Path, help="YAML file: `profile:` plus fields to override")
     p.add_argument("--out", type=Path, help="zoo directory (default zoo/<name>)")
@@ -35,9 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--actors", type=int, help="number of Ray actors (default: what the resources hold)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="fraction of a GPU per actor")
-    p.add_argument("--models-per-step", type=int, default=1, help="models one actor trains per step (GPU: 64+)")
+    p.add_argument("--models-per-step", type=int, default=BuildOptions.models_per_step,
+                   help="models one actor trains per step; the zoo is the same whatever it is "
+                        "(CPU: 2-4; GPU: hundreds to thousands, bench/gpu.py measures)")
     p.add_argument("--data-root", help="torchvision MNIST root instead of the packaged copy")
     p.add_argument("--export-csv", type=Path, help="also write the seed report's CSV layout here")
+    p.add_argument("--plan", action="store_true",
+                   help="print the jobs, model-images, disk size and a projected time, train nothing")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -91,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or Path("zoo") / cfg.name
+    if args.plan:
+        return _plan(cfg, out, opts)
     try:
         report = build_zoo(cfg, out, opts)
-    except ZooStoreError as e:
+    except (ZooStoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = load(out)
@@ -106,6 +139,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_csv:
         export_csv(rows, args.export_csv)
         print(f"CSV written to {args.export_csv}")
+    return 0
+
+
+def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
+    """What `build_zoo` would do, from a probe of one group on this machine's device."""
+    store = ZooStore(out, cfg)
+    jobs = cfg.jobs()
+    if store.manifest.exists():
+        try:
+            jobs = store.open().pending()  # a zoo of another config is refused here too
+        except ZooStoreError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if not jobs:
+        print(f"zoo {cfg.name} at {out}: all {len(cfg.jobs())} models built, nothing to do")
+        return 0
+    device = "cuda" if opts.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+    data = load_mnist(opts.data_root)
+    plan = plan_build(cfg, jobs, opts.models_per_step, data)
+    probe = plan_groups(jobs, opts.models_per_step, train_images(jobs, cfg.train, data))[0]
+    torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
+    rate = probe_rate(probe, data.to(device), cfg.train)
+    actors = opts.actors or 1
+    # The probe's group has one image count; idle slots stretch the real groups' steps.
+    minutes = plan.model_images / (1 - plan.idle_share) / (rate * actors) / 60
+    print(
+        f"zoo {cfg.name} at {out}: {plan.jobs} models to train ({len(cfg.jobs()) - plan.jobs} already built), "
+        f"{plan.groups} groups of up to {opts.models_per_step}\n"
+        f"  model-images: {plan.model_images:,} (every model to epoch {cfg.train.last_epoch}; early stopping "
+        f"only lowers it); {100 * plan.idle_share:.1f}% of the group steps' slots idle\n"
+        f"  disk: {plan.disk_bytes / 2**20:,.1f} MiB of shards\n"
+        f"  probe: {rate:,.0f} model-images/s for one actor ({len(probe)} models per step, {device}, "
+        f"{max(1, int(opts.cpus_per_actor))} threads)\n"
+        f"  projected: {minutes:,.1f} min with {actors} actor{'s' * (actors > 1)}, if actors scale linearly"
+    )
     return 0
 
 

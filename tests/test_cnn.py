@@ -99,3 +99,15 @@ def test_init_is_deterministic_and_shared(init):
 def test_unknown_init():
     with pytest.raises(ValueError, match="unknown init"):
         init_weights("relu", "orthogonal", 0)
+
+
+def test_one_activation_per_model_equals_one_call_per_activation():
+    torch.manual_seed(0)
+    acts = ["relu", "relu", "tanh", "sigmoid", "sigmoid", "relu"]
+    weights = torch.stack([init_weights(a, "kaiming_uniform", i) for i, a in enumerate(acts)]).double()
+    images = torch.rand(6, 5, 1, 28, 28, dtype=torch.float64)
+    mixed = batched_forward(weights, images, acts)
+    for k, a in enumerate(acts):
+        torch.testing.assert_close(mixed[k], batched_forward(weights[k : k + 1], images[k : k + 1], a)[0])
+    with pytest.raises(ValueError, match="6 weight vectors but 2 activations"):
+        batched_forward(weights, images, ["relu", "tanh"])

@@ -1,17 +1,21 @@
 """The zoo builder end to end: the real CLI, two Ray actors, a SIGKILL part-way, a resume."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
+import torch
 
 from sweeps.zoo import main as zoo_main
-from wsmerge.zoo import ZooStoreError, build_zoo, load, profile
+from wsmerge.cnn import ACTIVATIONS, INITS
+from wsmerge.zoo import ZooStoreError, build_zoo, load, profile, train_group
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -22,11 +26,11 @@ def _zoo_cmd(out, *extra):
             "--no-progress", *extra]
 
 
-def test_killed_build_resumes_without_loss_or_duplicates(tmp_path, ray_env):
+def test_killed_build_resumes_without_loss_or_duplicates(tmp_path, ray_env, mnist):
     out = tmp_path / "zoo"
     cfg = profile("tiny")
     n_jobs, n_bins = len(cfg.jobs()), len(cfg.train.bins)
-    proc = subprocess.Popen(_zoo_cmd(out), cwd=REPO, env=ray_env, start_new_session=True,
+    proc = subprocess.Popen(_zoo_cmd(out, "--models-per-step", "2"), cwd=REPO, env=ray_env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     shards = out / "shards"
@@ -43,7 +47,9 @@ def test_killed_build_resumes_without_loss_or_duplicates(tmp_path, ray_env):
     with pytest.raises(ZooStoreError, match="incomplete zoo"):
         load(out)
 
-    done = subprocess.run(_zoo_cmd(out), cwd=REPO, env=ray_env, capture_output=True, text=True, timeout=300)
+    # Resumed with another grouping, which changes no model.
+    done = subprocess.run(_zoo_cmd(out, "--models-per-step", "5"), cwd=REPO, env=ray_env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"({len(before)} already built, {n_jobs - len(before)} trained now)" in done.stdout
 
@@ -61,6 +67,20 @@ def test_killed_build_resumes_without_loss_or_duplicates(tmp_path, ray_env):
 
     again = subprocess.run(_zoo_cmd(out), cwd=REPO, env=ray_env, capture_output=True, text=True, timeout=120)
     assert f"({n_jobs} already built, 0 trained now)" in again.stdout
+
+    # A model from before the kill and one from after, each trained alone here on one thread
+    # as an actor trains: the same bits.
+    after = sorted(set(df.job_id) - {Path(n).stem for n in before})[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job in [j for j in cfg.jobs() if j.id in (Path(min(before)).stem, after)]:
+            (alone,) = train_group([job], mnist, cfg.train)
+            rows = df[df.job_id == job.id].sort_values("epoch_bin")
+            expected = np.stack([alone.checkpoints[e][0] for e in rows.epoch])
+            assert np.array_equal(np.stack(rows.weights), expected), job.id
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_store_errors_come_before_ray_starts(tmp_path):
@@ -105,6 +125,10 @@ def test_cli_yaml_config(tmp_path, capsys):
         "unknown.yaml": ("profile: tiny\nactivation: [relu]\n", "unknown keys ['activation']"),
         "profile.yaml": ("profile: medium\n", "unknown profile 'medium'"),
         "bins.yaml": ("train: {bins: [3, 50]}\n", "past max_epochs"),
+        "types.yaml": ('train: {max_epochs: "seven"}\n', "train.max_epochs must be an integer, got 'seven'"),
+        "exponent.yaml": ("train: {base_lr: 1e-4}\n", "train.base_lr must be a number, got '1e-4' (a string: YAML reads"),
+        "seeds.yaml": ("seeds: [zero]\n", "zoo.seeds[] must be an integer, got 'zero'"),
+        "list.yaml": ("activations: relu\n", "zoo.activations must be a list, got 'relu'"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)
@@ -112,3 +136,34 @@ def test_cli_yaml_config(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and name in err
     assert not (tmp_path / "z").exists()
+
+
+def test_cli_help_explains_the_layout_and_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        zoo_main(["--help"])
+    out = capsys.readouterr().out
+    for word in ("manifest.json", "init.parquet", "shards/<job_id>.parquet", "--plan", *ACTIVATIONS, *INITS):
+        assert word in out
+
+
+def test_cli_plan_trains_nothing(tmp_path, capsys, mnist):
+    out = tmp_path / "z"
+    assert zoo_main(["--profile", "tiny", "--out", str(out), "--plan"]) == 0
+    text = capsys.readouterr().out
+    cfg = profile("tiny")
+    jobs = cfg.jobs()
+    images = sum(len(mnist.train.indices(j.classes, cfg.train.train_per_class)) for j in jobs)
+    assert f"{len(jobs)} models to train (0 already built)" in text
+    assert f"model-images: {images * cfg.train.last_epoch:,} " in text
+    assert re.search(r"disk: [\d.]+ MiB", text) and re.search(r"probe: [\d,]+ model-images/s", text)
+    assert re.search(r"projected: [\d.,]+ min with 1 actor", text)
+    assert not out.exists()
+
+
+def test_explicit_actors_beyond_the_resources_stop_before_training(tmp_path, capsys, ray_local):
+    out = tmp_path / "z"
+    code = zoo_main(["--profile", "tiny", "--out", str(out), "--actors", "5", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--actors 5: 5 actors need 5 × 1 CPU, but Ray has 2 CPUs and 0 GPUs free, room for 2" in err
+    assert not list((out / "shards").glob("*.parquet"))

@@ -69,8 +69,15 @@ def test_csv_round_trip(tmp_path):
     path = export_csv(df, tmp_path / "zoo.csv")
     header = path.read_text().splitlines()[0].split(",")
     assert header[:17] == ["label", *map(str, range(10)), "gelu", "relu", "silu", "tanh", "sigmoid", "leakyrelu"]
-    assert header[17] == "weight 0" and header[17 + 200] == "bias 200" and header[-2:] == ["Accuracy", "epoch"]
+    assert header[17] == "weight 0" and header[17 + 200] == "bias 200"
+    assert header[17 + 2464 :] == ["Accuracy", "epoch", "job_id", "trained_epoch", "val_acc", "test_acc_out",
+                                   "init", "seed"]
     back = read_csv(path)
+    for col in ("job_id", "epoch", "init", "seed"):
+        assert back[col].tolist() == df[col].tolist()
+    np.testing.assert_array_equal(back.val_acc, df.val_acc)
+    np.testing.assert_array_equal(back.test_acc_out, df.test_acc_out)
+    assert (back.epoch < back.epoch_bin).any()  # the early-stopped model's real epoch survives
     assert back.classes.tolist() == df.classes.tolist()
     assert back.activation.tolist() == df.activation.tolist()
     assert back.epoch_bin.tolist() == df.epoch_bin.tolist()

@@ -1,9 +1,26 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from wsmerge.zoo import EarlyStopping, Job, TrainConfig, bin_sources, cyclic_lr, train_group
+import wsmerge.cnn
+from wsmerge.cnn import CNN, forward_chunks, init_weights, unflatten
+from wsmerge.zoo import (
+    EarlyStopping,
+    Job,
+    TrainConfig,
+    ZooConfig,
+    ZooStore,
+    bin_sources,
+    cyclic_lr,
+    load,
+    plan_groups,
+    train_group,
+    train_images,
+)
 from wsmerge.zoo._store import record_table
+from wsmerge.zoo._train import _accuracy, _adam_step, _padded, _Schedule
 
 
 def _stops(seq, patience=3, margin=0.05):
@@ -45,19 +62,6 @@ def test_cyclic_lr_matches_torch(half):
         sched.step()
 
 
-def test_grouped_training_equals_training_alone(mnist):
-    cfg = TrainConfig(max_epochs=2, bins=(1, 2), train_per_class=200, eval_per_class=100)
-    # Equal image budgets give equal epoch lengths (plan_groups groups by class count for
-    # this); the members differ in classes, init and seed.
-    jobs = [Job((0, 1), "relu", "kaiming_uniform", 0), Job((2, 7), "relu", "xavier_normal", 1)]
-    together = train_group(jobs, mnist, cfg)
-    for job, rec in zip(jobs, together):
-        (alone,) = train_group([job], mnist, cfg)
-        assert alone.train_loss == pytest.approx(rec.train_loss, rel=1e-4)
-        assert alone.val_acc == pytest.approx(rec.val_acc, abs=1e-9)
-        np.testing.assert_allclose(alone.checkpoints[2][0], rec.checkpoints[2][0], atol=1e-5)
-
-
 def test_models_sharing_init_start_from_the_same_weights(mnist):
     cfg = TrainConfig(max_epochs=1, bins=(1,), train_per_class=1, eval_per_class=10, batch_size=1,
                       base_lr=1e-12, max_lr=1e-12)
@@ -87,3 +91,176 @@ def test_training_learns(mnist):
     assert acc_in > 97.0
     assert acc_out == 0.0  # a 2-class model only ever predicts its own classes
     assert rec.train_loss[1] < rec.train_loss[0]
+
+
+def test_adam_matches_torch_bit_for_bit():
+    """The per-model Adam (own step count, own cyclic schedule, rows sitting out steps)
+    against torch.optim.Adam + the cyclic schedule on each model alone."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_epochs=3, bins=(3,), cycle_half_epochs=1.0)
+    steps = np.array([7, 4, 5])
+    sched = _Schedule(steps, cfg)
+    w0 = torch.randn(3, 50)
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    params = [torch.nn.Parameter(w0[k].clone()) for k in range(3)]
+    opts = [torch.optim.Adam([p], lr=cfg.base_lr) for p in params]
+    own_steps = [0, 0, 0]
+    for epoch in range(1, 4):
+        neg_step, bc2, active, _ = sched.epoch(epoch, "cpu")
+        for s in range(len(active)):
+            grad = torch.randn(3, 50)
+            _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
+            for k in range(3):
+                if s < steps[k]:
+                    opts[k].param_groups[0]["lr"] = float(cyclic_lr(own_steps[k], cfg.base_lr, cfg.max_lr, sched.half[k]))
+                    params[k].grad = grad[k].clone()
+                    opts[k].step()
+                    own_steps[k] += 1
+                assert torch.equal(params[k].detach(), w[k])
+    assert own_steps == [21, 12, 15]
+
+
+def test_forward_chunks_cover_everything_within_the_budget(monkeypatch):
+    monkeypatch.setattr(wsmerge.cnn, "MAX_MODEL_IMAGES", 10)
+    for n_models, n_images, budget in [(5, 3, 100), (5, 23, 100), (7, 4, 9), (1, 50, 7), (3, 0, 5)]:
+        seen = np.zeros((n_models, n_images), int)
+        for ms, ns in forward_chunks(n_models, n_images, budget):
+            block = seen[ms, ns]
+            assert block.size <= min(budget, 10)
+            seen[ms, ns] += 1
+        assert (seen == 1).all()
+
+
+def test_evaluation_in_chunks_equals_one_call(mnist, monkeypatch):
+    """A forced small element limit splits the evaluation over models and images; the
+    accuracies stay those of one call, and those of the module CNN model by model."""
+    torch.manual_seed(0)
+    acts = ["gelu", "relu", "relu", "tanh", "tanh"]
+    weights = torch.stack([init_weights(a, "kaiming_uniform", s) for s, a in enumerate(acts)]).double()
+    weights += 0.05 * torch.randn_like(weights)
+    lists = [mnist.val.indices(c, 40) for c in [(0, 1), (2,), (3, 4, 5), (6, 7), (0, 9, 8, 1)]]
+    idx, mask = _padded(lists, "cpu")
+    whole = _accuracy(weights, mnist.val, idx, mask, acts)
+    monkeypatch.setattr(wsmerge.cnn, "MAX_MODEL_IMAGES", 37)
+    assert _accuracy(weights, mnist.val, idx, mask, acts) == whole
+    for k, i in enumerate(lists):
+        model = CNN(acts[k]).double()
+        model.load_state_dict(unflatten(weights[k]))
+        with torch.no_grad():
+            pred = model(mnist.val.images[i].double()).argmax(1)
+        assert whole[k] == 100.0 * (pred == mnist.val.labels[i]).sum().item() / len(i)
+
+
+# Jobs of two activations and three image counts (100, 150 and 200 images: 7, 10 and 13
+# steps of 16), dropout, and a margin that stops some models early and not others.
+GROUPING = ZooConfig(
+    name="grouping", digits=(0, 1, 2, 3), activations=("relu", "tanh"),
+    subsets=((0, 1), (1, 2), (2, 3), (0, 1, 2), (1, 2, 3), (0, 1, 2, 3)),
+    train=TrainConfig(max_epochs=4, bins=(2, 4), batch_size=16, train_per_class=50, eval_per_class=30,
+                      patience=1, margin=3.0, dropout=0.1, cycle_half_epochs=1.0),
+)
+
+
+def _train_all(mnist, jobs, models_per_step):
+    groups = plan_groups(jobs, models_per_step, train_images(jobs, GROUPING.train, mnist))
+    assert max(len(g) for g in groups) == min(models_per_step, len(jobs))
+    return {r.job: r for g in groups for r in train_group(g, mnist, GROUPING.train)}
+
+
+def _assert_same(a, b):
+    assert a.job == b.job
+    assert (a.stopped_epoch, a.early_stopped) == (b.stopped_epoch, b.early_stopped)
+    assert a.train_loss == b.train_loss and a.val_acc == b.val_acc
+    assert sorted(a.checkpoints) == sorted(b.checkpoints)
+    for e, (w, acc_in, acc_out) in a.checkpoints.items():
+        assert torch.equal(torch.from_numpy(w), torch.from_numpy(b.checkpoints[e][0]))
+        assert (acc_in, acc_out) == b.checkpoints[e][1:] or math.isnan(acc_out)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # A group's ops split across threads, and on 2 cores shared with another job every split
+    # waits for the busier core: the grouping tests took 60 s on 2 threads, 3 s on 1.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def alone(mnist):
+    """Each job trained by itself, touching no global random state."""
+    rng = torch.get_rng_state()
+    records = _train_all(mnist, GROUPING.jobs(), 1)
+    assert torch.equal(torch.get_rng_state(), rng)
+    return records
+
+
+def test_grouping_never_changes_a_model(mnist, alone):
+    jobs = GROUPING.jobs()
+    assert {r.early_stopped for r in alone.values()} == {True, False}
+    assert len({len(r.train_loss) for r in alone.values()}) == 2
+    for models_per_step in (3, 12):
+        grouped = _train_all(mnist, jobs, models_per_step)
+        for job in jobs:
+            _assert_same(grouped[job], alone[job])
+
+
+def test_killed_build_resumed_with_another_grouping(tmp_path, mnist, alone):
+    """Shards written by a build of 4 models a step, killed after two groups; the rest
+    trained by a resumed build of 3 a step: the zoo of models trained alone."""
+    store = ZooStore(tmp_path / "z", GROUPING).open()
+    jobs = GROUPING.jobs()
+    for group in plan_groups(jobs, 4, train_images(jobs, GROUPING.train, mnist))[:2]:
+        for record in train_group(group, mnist, GROUPING.train):
+            store.write(record)
+    pending = ZooStore(tmp_path / "z", GROUPING).open().pending()
+    assert 0 < len(pending) < len(jobs)
+    for group in plan_groups(pending, 3, train_images(pending, GROUPING.train, mnist)):
+        for record in train_group(group, mnist, GROUPING.train):
+            store.write(record)
+    resumed = load(tmp_path / "z")
+    expected = ZooStore(tmp_path / "alone", GROUPING).open()
+    for record in alone.values():
+        expected.write(record)
+    reference = load(tmp_path / "alone")
+    assert np.array_equal(np.stack(resumed.weights), np.stack(reference.weights))
+    assert resumed.drop(columns="weights").equals(reference.drop(columns="weights"))
+
+
+def _lowbias32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_dropout_masks_are_the_job_s_own(mnist):
+    seeds = torch.tensor([5, 6, 2**40 + 5])
+    keep = wsmerge.cnn.dropout_keep(seeds, 1, (64, 8, 12, 12), 0.25)
+    # Element i of model m, computed in Python integers.
+    for m, i in [(0, 0), (1, 77), (2, 73727)]:
+        s = int(seeds[m])
+        key = _lowbias32((_lowbias32(s & 0xFFFFFFFF) + (s >> 32)) & 0xFFFFFFFF)
+        key = _lowbias32((key + 0x9E3779B9) & 0xFFFFFFFF)
+        assert keep[m].flatten()[i].item() == (_lowbias32((key + i) & 0xFFFFFFFF) >= 2**30)
+    assert keep.shape == (3, 64, 8, 12, 12)
+    assert abs(keep.float().mean().item() - 0.75) < 0.01
+    assert torch.equal(keep[1], wsmerge.cnn.dropout_keep(seeds[1:2], 1, (64, 8, 12, 12), 0.25)[0])
+    assert (keep[0] != keep[1]).float().mean() > 0.3 and (keep[0] != keep[2]).float().mean() > 0.3
+    assert (keep[0] != wsmerge.cnn.dropout_keep(seeds[:1], 2, (64, 8, 12, 12), 0.25)[0]).float().mean() > 0.3
+
+
+@pytest.mark.parametrize("n, per_step", [(5, 4), (22, 4), (12, 3), (12, 12), (1, 4), (13, 4), (4097, 1024), (7, 1)])
+def test_groups_cover_every_job_in_close_image_counts(n, per_step):
+    rng = np.random.default_rng(n)
+    jobs = [Job((0, 1), ("relu", "tanh")[i % 2], "kaiming_uniform", i) for i in range(n)]
+    images = {j: int(rng.integers(100, 1000)) for j in jobs}
+    groups = plan_groups(jobs, per_step, images)
+    assert sorted(j for g in groups for j in g) == sorted(jobs)
+    assert len(groups) == math.ceil(n / per_step)
+    sizes = [len(g) for g in groups]
+    assert max(sizes) <= per_step and max(sizes) - min(sizes) <= 1
+    counts = [images[j] for g in groups for j in g]
+    assert counts == sorted(counts)

@@ -10,9 +10,10 @@ and the flat vectors of all models line up position by position.
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +24,15 @@ __all__ = [
     "INITS",
     "LAYER_SHAPES",
     "N_PARAMS",
+    "MAX_MODEL_IMAGES",
     "CNN",
     "activation_fn",
     "batched_forward",
     "check_activation",
     "check_init",
+    "dropout_keep",
     "flatten",
+    "forward_chunks",
     "init_weights",
     "layer_slices",
     "unflatten",
@@ -181,29 +185,105 @@ def init_weights(activation: str, init: str, seed: int) -> torch.Tensor:
     return torch.cat([p.reshape(-1) for p in parts])
 
 
+# torch's convolution kernels index with 32-bit integers: on CUDA a call whose input or
+# output passes 2**31 elements raises (`canUse32BitIndexMath`). The widest activation is the
+# first convolution's output, 8 × 24 × 24 elements per model-image, so this many
+# model-images fit in one forward call.
+MAX_MODEL_IMAGES = (2**31 - 1) // (8 * 24 * 24)
+
+
+def forward_chunks(n_models: int, n_images: int, model_images: int) -> Iterator[tuple[slice, slice]]:
+    """(models, images) slices that cover n_models × n_images in forward calls of at most
+    `model_images` model-images, never more than `MAX_MODEL_IMAGES`: as many images per call
+    as fit, then as many models."""
+    budget = max(1, min(model_images, MAX_MODEL_IMAGES))
+    n_step = max(1, min(n_images, budget))
+    m_step = max(1, budget // n_step)
+    for m0 in range(0, n_models, m_step):
+        for n0 in range(0, n_images, n_step):
+            yield slice(m0, m0 + m_step), slice(n0, n0 + n_step)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
+    # a * c mod 2**32 for int64 `a` in [0, 2**32), in halves so that no product overflows int64.
+    return ((a & 0xFFFF) * c + ((((a >> 16) * c) & 0xFFFF) << 16)) & _M32
+
+
+def _hash32(h: torch.Tensor) -> torch.Tensor:
+    # "lowbias32" (C. Wellons): a full-avalanche 32-bit mix, integer ops only, so every device
+    # computes the same bits.
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def dropout_keep(seeds: torch.Tensor, layer: int, shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """Dropout masks [M, *shape] (True = kept, probability 1 - p): model m's mask is a hash
+    of (seeds[m] (int64), layer, element index) alone, so it does not depend on the other
+    models of the call, on the device, or on torch's global generator."""
+    seeds = seeds.long()
+    n = math.prod(shape)
+    key = _hash32((_hash32(seeds & _M32) + (seeds >> 32)) & _M32)
+    key = _hash32((key + layer * 0x9E3779B9) & _M32)
+    h = _hash32((key.unsqueeze(1) + torch.arange(n, device=seeds.device)) & _M32)
+    return (h >= round(p * 2**32)).view(len(seeds), *shape)
+
+
 def _grouped_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # x: [N, M*Cin, H, W]; w: [M, Cout, Cin, k, k]; one conv call for all M models.
     m, cout = w.shape[:2]
-    return F.conv2d(x, w.reshape(m * cout, *w.shape[2:]), b.reshape(m * cout), groups=m)
+    if x.device.type != "cpu":
+        return F.conv2d(x, w.reshape(m * cout, *w.shape[2:]), b.reshape(m * cout), groups=m)
+    # oneDNN adds a bias with another kernel once a call has 64 output channels or more,
+    # so a model's output would depend on how many models share the call; added apart, the
+    # bias leaves every model's result its own, bit for bit.
+    y = F.conv2d(x, w.reshape(m * cout, *w.shape[2:]), groups=m)
+    return (y.view(len(y), m, cout, *y.shape[2:]) + b.view(1, m, cout, 1, 1)).view(y.shape)
 
 
 def batched_forward(
     weights: torch.Tensor,
     images: torch.Tensor,
-    activation: str,
+    activation: str | Sequence[str],
     dropout: float = 0.0,
-    training: bool = False,
+    dropout_seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits of M CNNs: weights [M, 2464]; images [N, 1, 28, 28] shared by all models, or
-    [M, N, 1, 28, 28] one batch per model. Returns [M, N, 10].
+    [M, N, 1, 28, 28] one batch per model; `activation` one for all models or one per model
+    (each run of equal neighbours is one call). Returns [M, N, 10].
 
     Grouped convolutions run all M models in one kernel call per layer; the result is
-    differentiable with respect to both weights and images.
+    differentiable with respect to both weights and images. Dropout (training) needs
+    `dropout_seeds` [M], one per model and call: its masks come from `dropout_keep`.
     """
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [M, {N_PARAMS}], got {tuple(weights.shape)}")
     m = weights.shape[0]
-    act = activation_fn(activation)
+    if dropout > 0 and (dropout_seeds is None or dropout_seeds.shape != (m,)):
+        raise ValueError(f"dropout {dropout} needs dropout_seeds of shape [{m}]")
+    if isinstance(activation, str):
+        runs = [(activation_fn(activation), 0, m)]
+    else:
+        if len(activation) != m:
+            raise ValueError(f"{m} weight vectors but {len(activation)} activations")
+        runs, start = [], 0
+        for name, group in itertools.groupby(activation):
+            n_run = len(list(group))
+            runs.append((activation_fn(name), start, start + n_run))
+            start += n_run
+
+    def act(t: torch.Tensor) -> torch.Tensor:
+        if len(runs) == 1:
+            return runs[0][0](t)
+        dim = 1 if t.dim() == 4 else 0  # [N, M*C, H, W] or [M, N, F]
+        per = t.shape[dim] // m
+        return torch.cat([fn(t.narrow(dim, a * per, (b - a) * per)) for fn, a, b in runs], dim)
+
     p = unflatten(weights)
     if images.dim() == 4:
         n = images.shape[0]
@@ -219,17 +299,24 @@ def batched_forward(
         raise ValueError(f"images must be [N,1,28,28] or [M,N,1,28,28], got {tuple(images.shape)}")
     x = x.to(weights.dtype)
 
-    def drop(t):
-        return F.dropout(t, dropout, training) if dropout > 0 else t
+    def drop(t: torch.Tensor, layer: int) -> torch.Tensor:
+        if dropout == 0:
+            return t
+        if t.dim() == 4:  # [N, M*C, H, W]: each model's block is [N, C, H, W]
+            shape = (n, t.shape[1] // m, *t.shape[2:])
+            keep = dropout_keep(dropout_seeds, layer, shape, dropout).transpose(0, 1).reshape(t.shape)
+        else:  # [M, N, F]
+            keep = dropout_keep(dropout_seeds, layer, tuple(t.shape[1:]), dropout)
+        return t * keep / (1 - dropout)
 
     w1, b1 = p["conv1.weight"], p["conv1.bias"]
     if images.dim() == 4:
         x = F.conv2d(x, w1.reshape(m * 8, 1, 5, 5), b1.reshape(m * 8))
     else:
         x = _grouped_conv(x, w1, b1)
-    x = act(drop(F.max_pool2d(x, 2)))
-    x = act(drop(F.max_pool2d(_grouped_conv(x, p["conv2.weight"], p["conv2.bias"]), 2)))
+    x = act(drop(F.max_pool2d(x, 2), 1))
+    x = act(drop(F.max_pool2d(_grouped_conv(x, p["conv2.weight"], p["conv2.bias"]), 2), 2))
     x = act(_grouped_conv(x, p["conv3.weight"], p["conv3.bias"]))  # [N, M*4, 3, 3]
     x = x.reshape(n, m, 36).transpose(0, 1)  # [M, N, 36], channel-major as nn.Flatten
-    x = drop(act(torch.baddbmm(p["fc1.bias"].unsqueeze(1), x, p["fc1.weight"].transpose(1, 2))))
+    x = drop(act(torch.baddbmm(p["fc1.bias"].unsqueeze(1), x, p["fc1.weight"].transpose(1, 2))), 3)
     return torch.baddbmm(p["fc2.bias"].unsqueeze(1), x, p["fc2.weight"].transpose(1, 2))

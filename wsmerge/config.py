@@ -69,13 +69,24 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _yaml_number_hint(value: Any) -> str:
+    # YAML 1.1 (PyYAML) reads an exponent without a dot, `1e-4`, as a string.
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (a string: YAML reads {value} as text; write it with a dot, e.g. 1.0e-4)"
+    return ""
+
+
 def check_number(
     value: Any, name: str, low: float, high: float = math.inf, *, open_low: bool = False
 ) -> float:
     """`value` as a finite float in [low, high) ((low, high) if open_low), or an error naming
     `name`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {value!r}{_yaml_number_hint(value)}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if value < low or (open_low and value == low) or value >= high:

@@ -4,16 +4,31 @@ actors into a resumable Parquet store.
     cfg = wsmerge.zoo.profile("tiny")
     wsmerge.zoo.build_zoo(cfg, "zoo/tiny")
     df = wsmerge.zoo.load("zoo/tiny")          # one row per checkpoint
+
+Ray is imported only with the builder (`build_zoo`, `BuildOptions`, `BuildReport`), so the
+trainer, the planner and the store work where Ray is not installed.
 """
 
-from ._build import BuildOptions, BuildReport, build_zoo, plan_groups
 from ._config import PROFILES, Job, TrainConfig, ZooConfig, class_key, parse_class_key, profile
+from ._plan import BuildPlan, plan_build, plan_groups, probe_rate, train_images
 from ._store import ZooStore, ZooStoreError, export_csv, load, load_init, read_csv, weights_matrix
 from ._train import EarlyStopping, ModelRecord, bin_sources, cyclic_lr, train_group
+
+_BUILDER = ("BuildOptions", "BuildReport", "build_zoo")
+
+
+def __getattr__(name: str):
+    if name in _BUILDER:
+        from . import _build
+
+        return getattr(_build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PROFILES",
     "BuildOptions",
+    "BuildPlan",
     "BuildReport",
     "EarlyStopping",
     "Job",
@@ -30,9 +45,12 @@ __all__ = [
     "load",
     "load_init",
     "parse_class_key",
+    "plan_build",
     "plan_groups",
+    "probe_rate",
     "profile",
     "read_csv",
     "train_group",
+    "train_images",
     "weights_matrix",
 ]

@@ -8,7 +8,6 @@ a Tune sweep: thousands of short trials would spend hours in trial overhead.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from tqdm.auto import tqdm
 from wsmerge.data import load_mnist
 
 from ._config import Job, TrainConfig, ZooConfig
+from ._plan import plan_groups, train_images
 from ._store import ZooStore
 from ._train import ModelRecord, train_group
 
-__all__ = ["BuildOptions", "BuildReport", "build_zoo", "plan_groups"]
+__all__ = ["BuildOptions", "BuildReport", "build_zoo"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,10 @@ class BuildOptions:
     actors: int | None = None  # default: as many as the cluster's resources hold
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    # Models trained per step by one actor. 1 on a CPU, where batching models gains
-    # nothing (measured); tens to hundreds on a GPU.
-    models_per_step: int = 1
+    # Models trained per step by one actor; the zoo is the same whatever it is. On a CPU,
+    # 2 to 4 cost what one does per model (a lone model runs beside a frozen copy of
+    # itself, see _train._forward); on a GPU, hundreds to thousands.
+    models_per_step: int = 4
     data_root: str | None = None
     progress: bool = True
 
@@ -56,17 +57,6 @@ class BuildReport:
     trained: int
 
 
-def plan_groups(jobs: list[Job], models_per_step: int) -> list[list[Job]]:
-    """Groups trained in one step share an activation (one forward) and a class-set size
-    (similar epoch lengths, so few wrapped batches)."""
-    key = lambda j: (j.activation, len(j.classes))  # noqa: E731
-    groups = []
-    for _, members in itertools.groupby(sorted(jobs, key=lambda j: (key(j), j.id)), key=key):
-        members = list(members)
-        groups += [members[i : i + models_per_step] for i in range(0, len(members), models_per_step)]
-    return groups
-
-
 @ray.remote
 class ZooWorker:
     def __init__(self, train: TrainConfig, data_root: str | None, threads: int):
@@ -80,15 +70,24 @@ class ZooWorker:
 
 
 def _n_actors(opts: BuildOptions, n_groups: int) -> int:
-    if opts.actors is not None:
-        return min(opts.actors, n_groups)
     res = ray.available_resources()
-    fits = res.get("CPU", 1) // opts.cpus_per_actor
+    cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
+    fits = cpus // opts.cpus_per_actor
     if opts.gpus_per_actor > 0:
-        fits = min(fits, res.get("GPU", 0) // opts.gpus_per_actor)
+        fits = min(fits, gpus // opts.gpus_per_actor)
         if fits < 1:
-            raise RuntimeError(f"gpus_per_actor={opts.gpus_per_actor} but the Ray cluster has no GPU")
-    return max(1, min(int(fits), n_groups))
+            raise ValueError(f"gpus_per_actor={opts.gpus_per_actor} but the Ray cluster has {gpus:g} free GPUs")
+    if opts.actors is None:
+        return max(1, min(int(fits), n_groups))
+    n = min(opts.actors, n_groups)
+    if n > fits:
+        # Ray would start the actors that fit and leave the rest pending for ever.
+        need = f"{n} × {opts.cpus_per_actor:g} CPU" + (f" + {opts.gpus_per_actor:g} GPU" if opts.gpus_per_actor else "")
+        raise ValueError(
+            f"--actors {opts.actors}: {n} actors need {need}, but Ray has {cpus:g} CPUs and {gpus:g} GPUs "
+            f"free, room for {int(fits)}; ask for fewer actors or fewer CPUs per actor"
+        )
+    return n
 
 
 def build_zoo(config: ZooConfig, out: str | os.PathLike, opts: BuildOptions = BuildOptions()) -> BuildReport:
@@ -99,7 +98,8 @@ def build_zoo(config: ZooConfig, out: str | os.PathLike, opts: BuildOptions = Bu
     report = BuildReport(total=total, skipped=total - len(pending), trained=len(pending))
     if not pending:
         return report
-    groups = plan_groups(pending, opts.models_per_step)
+    images = train_images(pending, config.train, load_mnist(opts.data_root))
+    groups = plan_groups(pending, opts.models_per_step, images)
     started_ray = not ray.is_initialized()
     if started_ray:
         if os.environ.get("RAY_ADDRESS"):
@@ -107,14 +107,15 @@ def build_zoo(config: ZooConfig, out: str | os.PathLike, opts: BuildOptions = Bu
         else:
             ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        _run(store, groups, opts, report)
+        _run(store, groups, images, opts, report)
     finally:
         if started_ray:
             ray.shutdown()
     return report
 
 
-def _run(store: ZooStore, groups: list[list[Job]], opts: BuildOptions, report: BuildReport) -> None:
+def _run(store: ZooStore, groups: list[list[Job]], images: dict[Job, int], opts: BuildOptions,
+         report: BuildReport) -> None:
     n = _n_actors(opts, len(groups))
     threads = max(1, int(opts.cpus_per_actor))
     actors = [
@@ -123,9 +124,9 @@ def _run(store: ZooStore, groups: list[list[Job]], opts: BuildOptions, report: B
         )
         for _ in range(n)
     ]
-    # Longest groups first (a group's cost grows with its models' classes): a 10-class
+    # Longest groups first (a group's step count is its largest member's): a 10-class
     # model started last would leave the other actors idle while it trains.
-    queue = sorted(groups, key=lambda g: sum(len(j.classes) for j in g))
+    queue = sorted(groups, key=lambda g: (max(images[j] for j in g), len(g)))
     in_flight: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
 
     def submit(actor):

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsmerge.config import from_dict
+from wsmerge.config import check_int, check_number, from_dict
 from wsmerge.cnn import ACTIVATIONS, check_activation, check_init
 from wsmerge.data import check_classes
 
@@ -44,29 +44,31 @@ class TrainConfig:
     dropout: float = 0.0
     train_per_class: int | None = None  # image budget; None = every image of the class
     eval_per_class: int | None = None  # validation/test budget per class
+    # "bf16": forward and loss under bfloat16 autocast on a GPU (weights and Adam stay
+    # float32); a CPU always trains in float32, as wsmerge.train does.
+    precision: str = "fp32"
 
     def __post_init__(self):
-        object.__setattr__(self, "bins", tuple(int(b) for b in self.bins))
-        if self.max_epochs < 1:
-            raise ValueError(f"train.max_epochs must be >= 1, got {self.max_epochs}")
-        if not self.bins or list(self.bins) != sorted(set(self.bins)) or self.bins[0] < 1:
+        for name in ("max_epochs", "batch_size", "patience"):
+            check_int(getattr(self, name), f"train.{name}", 1)
+        for name in ("train_per_class", "eval_per_class"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), f"train.{name}", 1)
+        for name in ("base_lr", "max_lr", "cycle_half_epochs"):
+            check_number(getattr(self, name), f"train.{name}", 0, open_low=True)
+        check_number(self.margin, "train.margin", 0)
+        check_number(self.dropout, "train.dropout", 0, 1)
+        if isinstance(self.bins, (str, bytes)) or not isinstance(self.bins, (list, tuple)):
+            raise ValueError(f"train.bins must be a list of epochs, got {self.bins!r}")
+        object.__setattr__(self, "bins", tuple(check_int(b, "train.bins[]", 1) for b in self.bins))
+        if not self.bins or list(self.bins) != sorted(set(self.bins)):
             raise ValueError(f"train.bins must be increasing positive epochs, got {self.bins}")
         if self.bins[-1] > self.max_epochs:
             raise ValueError(f"train.bins {self.bins} go past max_epochs {self.max_epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if not (0 < self.base_lr <= self.max_lr and math.isfinite(self.max_lr)):
-            raise ValueError(f"train needs 0 < base_lr <= max_lr, got {self.base_lr}, {self.max_lr}")
-        if self.cycle_half_epochs <= 0:
-            raise ValueError(f"train.cycle_half_epochs must be > 0, got {self.cycle_half_epochs}")
-        if self.patience < 1 or self.margin < 0:
-            raise ValueError(f"train needs patience >= 1 and margin >= 0, got {self.patience}, {self.margin}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"train.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("train_per_class", "eval_per_class"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"train.{name} must be >= 1 or null, got {v}")
+        if self.base_lr > self.max_lr:
+            raise ValueError(f"train needs base_lr <= max_lr, got {self.base_lr}, {self.max_lr}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
 
     @property
     def last_epoch(self) -> int:
@@ -101,7 +103,13 @@ class ZooConfig:
     subsets: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "digits", check_classes(self.digits))
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"zoo.name must be a non-empty string, got {self.name!r}")
+        for key in ("digits", "activations", "inits", "seeds"):
+            if isinstance(getattr(self, key), (str, bytes)) or not isinstance(getattr(self, key), (list, tuple)):
+                raise ValueError(f"zoo.{key} must be a list, got {getattr(self, key)!r}")
+        object.__setattr__(self, "digits", check_classes(check_int(d, "zoo.digits[]", 0) for d in self.digits))
+        check_int(self.min_classes, "zoo.min_classes", 1)
         acts = tuple(self.activations)
         inits = tuple(self.inits)
         if not acts:
@@ -114,7 +122,7 @@ class ZooConfig:
             check_init(i)
         object.__setattr__(self, "activations", acts)
         object.__setattr__(self, "inits", inits)
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "seeds", tuple(check_int(s, "zoo.seeds[]", 0) for s in self.seeds))
         if not self.seeds:
             raise ValueError("zoo.seeds is empty")
         if not 1 <= self.min_classes <= len(self.digits):

@@ -299,11 +299,16 @@ def _weight_column_names() -> list[str]:
     return names
 
 
+# Store columns the seed layout has no place for, written after it under their store names
+# (`epoch` as `trained_epoch`: the seed layout's `epoch` is the bin).
+_CSV_EXTRA = {"job_id": "job_id", "epoch": "trained_epoch", "val_acc": "val_acc",
+              "test_acc_out": "test_acc_out", "init": "init", "seed": "seed"}
+
+
 def export_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the seed report's layout: label, class one-hot, activation one-hot, the 2464
-    weight columns, Accuracy (test, own classes) and epoch (the bin). An `init` and a `seed`
-    column follow when the zoo holds more than one of either, since the seed layout (a
-    kaiming-only zoo) has no place for them."""
+    weight columns, Accuracy (test, own classes) and epoch (the bin); then job_id,
+    trained_epoch (the epoch the weights come from), val_acc, test_acc_out, init and seed."""
     classes = [parse_class_key(c) for c in df["classes"]]
     out: dict[str, Any] = {"label": ["[" + ".".join(map(str, c)) + "]" for c in classes]}
     for d in range(10):
@@ -313,8 +318,8 @@ def export_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     frame = pd.DataFrame(out)
     weights = pd.DataFrame(weights_matrix(df), columns=_weight_column_names())
     tail = pd.DataFrame({"Accuracy": df["test_acc_in"].to_numpy(), "epoch": df["epoch_bin"].to_numpy()})
-    extra = {k: df[k].to_numpy() for k in ("init", "seed") if df[k].nunique() > 1}
-    frame = pd.concat([frame, weights, tail, pd.DataFrame(extra)], axis=1)
+    extra = pd.DataFrame({name: df[col].to_numpy() for col, name in _CSV_EXTRA.items()})
+    frame = pd.concat([frame, weights, tail, extra], axis=1)
     path = Path(path)
     atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.9g"))
     return path
@@ -339,9 +344,9 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
             "epoch_bin": raw["epoch"].astype(int),
         }
     )
-    for k in ("init", "seed"):
-        if k in raw.columns:
-            df[k] = raw[k]
+    for col, name in _CSV_EXTRA.items():
+        if name in raw.columns:  # absent from the seed's own files
+            df[col] = raw[name]
     w = raw[_weight_column_names()].to_numpy(np.float32)
     df["weights"] = list(w)
     return df

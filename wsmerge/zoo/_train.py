@@ -1,9 +1,11 @@
 """Training zoo CNNs with the seed recipe, one model or many per step.
 
-All models of a group share an activation and step together: their weights are one
-[K, 2464] leaf tensor run through the grouped-convolution forward, and Adam, being
-elementwise, treats each row exactly as if it were trained alone. On a CPU a group is one
-model; on a GPU a group is many (the GPU is idle otherwise).
+All models of a group step together: their weights are the rows of one [K, 2464] tensor
+run through the grouped-convolution forward (rows of one activation side by side).
+Nothing a model sees depends on the rest of its group: each model has its own epoch length, cyclic schedule,
+Adam step count, batch order and dropout masks, and a model whose epoch has ended sits out
+the group's remaining steps (no update, no Adam state change). So a zoo is the same, bit
+for bit on a CPU, however its jobs are grouped (tests/test_zoo_train.py).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsmerge.cnn import batched_forward, init_weights
+from wsmerge.cnn import batched_forward, forward_chunks, init_weights
 from wsmerge.data import MNIST, Split
 
 from ._config import Job, TrainConfig
 
 __all__ = ["EarlyStopping", "ModelRecord", "bin_sources", "cyclic_lr", "train_group"]
 
-# Images per model per evaluation chunk: bounds the gathered [K, n, 1, 28, 28] tensor.
-_EVAL_CHUNK = 4096
+# Model-images per evaluation forward call (wsmerge.cnn.MAX_MODEL_IMAGES caps it): large
+# calls keep a GPU busy, and at 2**18 the first convolution's output is 4.8 GB in float32.
+_EVAL_MODEL_IMAGES = 2**18
+
+# torch.optim.Adam's defaults, which the seed recipe uses.
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
 class EarlyStopping:
@@ -53,11 +59,12 @@ def bin_sources(bins: Sequence[int], stopped_epoch: int) -> list[int]:
     return [min(b, stopped_epoch) for b in bins]
 
 
-def cyclic_lr(step: int, base_lr: float, max_lr: float, half_cycle: int) -> float:
-    """Triangular cyclic learning rate, the same curve as torch's CyclicLR('triangular')."""
-    cycle = math.floor(1 + step / (2 * half_cycle))
-    x = abs(step / half_cycle - 2 * cycle + 1)
-    return base_lr + (max_lr - base_lr) * max(0.0, 1.0 - x)
+def cyclic_lr(step, base_lr: float, max_lr: float, half_cycle):
+    """Triangular cyclic learning rate, the same curve as torch's CyclicLR('triangular');
+    `step` and `half_cycle` may be numpy arrays (float64 throughout, as torch's scheduler)."""
+    cycle = np.floor(1 + step / (2 * half_cycle))
+    x = np.abs(step / half_cycle - 2 * cycle + 1)
+    return base_lr + (max_lr - base_lr) * np.maximum(0.0, 1.0 - x)
 
 
 @dataclass
@@ -73,43 +80,106 @@ class ModelRecord:
     checkpoints: dict[int, tuple[np.ndarray, float, float]] = field(default_factory=dict)
 
 
+def _job_key(job: Job) -> int:
+    return zlib.crc32(job.id.encode())
+
+
 def _job_generator(job: Job) -> torch.Generator:
     # The batch order depends on the job alone, so grouping never changes what a model sees.
-    return torch.Generator().manual_seed(zlib.crc32(job.id.encode()) + 1)
+    return torch.Generator().manual_seed(_job_key(job) + 1)
 
 
-def _epoch_batches(idx: torch.Tensor, n_steps: int, batch: int, gen: torch.Generator) -> torch.Tensor:
-    """[n_steps, batch] indices: fresh permutations of `idx`, a second one started when a
-    group's longest member needs more steps than this model's images fill."""
+def _epoch_batches(idx: torch.Tensor, n_steps: int, group_steps: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """[group_steps, batch] indices: one permutation of `idx` cut into `n_steps` full
+    batches, the last one completed from the permutation's start; the steps past `n_steps`,
+    which the model sits out, repeat its last batch."""
+    perm = idx[torch.randperm(len(idx), generator=gen)]
     need = n_steps * batch
-    perms = [idx[torch.randperm(len(idx), generator=gen)] for _ in range(math.ceil(need / len(idx)))]
-    return torch.cat(perms)[:need].view(n_steps, batch)
+    own = perm.repeat(math.ceil(need / len(idx)))[:need].view(n_steps, batch)
+    return torch.cat([own, own[-1:].expand(group_steps - n_steps, batch)])
 
 
-def _padded(index_lists: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(i) for i in index_lists)
+def _padded(index_lists: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(1, max(len(i) for i in index_lists))
     idx = torch.zeros(len(index_lists), n, dtype=torch.long)
     mask = torch.zeros(len(index_lists), n, dtype=torch.bool)
     for k, i in enumerate(index_lists):
         idx[k, : len(i)] = i
         mask[k, : len(i)] = True
-    return idx, mask
+    return idx.to(device), mask.to(device)
+
+
+def _forward(weights, images, activation, dropout=0.0, seeds=None):
+    """`batched_forward`, with a lone model on a CPU run beside a frozen copy of itself:
+    oneDNN computes a one-group convolution with another algorithm than a grouped one, which
+    would make a model trained alone differ in its last bits."""
+    if weights.shape[0] > 1 or weights.device.type != "cpu":
+        return batched_forward(weights, images, activation, dropout, seeds)
+    pair = lambda t: None if t is None else torch.cat([t, t.detach()])  # noqa: E731
+    own = images if images.dim() == 5 else None
+    out = batched_forward(pair(weights), pair(own) if own is not None else images, list(activation) * 2, dropout,
+                          pair(seeds))
+    return out[:1]
 
 
 @torch.no_grad()
-def _accuracy(weights: torch.Tensor, split: Split, index_lists: list[torch.Tensor], activation: str) -> list[float]:
-    """Percent accuracy of each model on its own image list (NaN for an empty list)."""
-    if all(len(i) == 0 for i in index_lists):
-        return [math.nan] * len(index_lists)
-    idx, mask = _padded(index_lists)
-    idx, mask = idx.to(split.images.device), mask.to(split.images.device)
-    correct = torch.zeros(len(index_lists), device=weights.device)
-    for start in range(0, idx.shape[1], _EVAL_CHUNK):
-        ci, cm = idx[:, start : start + _EVAL_CHUNK], mask[:, start : start + _EVAL_CHUNK]
-        pred = batched_forward(weights, split.images[ci], activation).argmax(-1)
-        correct += ((pred == split.labels[ci]) & cm).sum(1)
+def _accuracy(
+    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations: list[str]
+) -> list[float]:
+    """Percent accuracy of each model (activations: one per row) on its row of idx [K, n]
+    where mask [K, n] is set (NaN for an empty row). Forward calls stay under
+    `wsmerge.cnn.MAX_MODEL_IMAGES`."""
+    correct = torch.zeros(len(weights), dtype=torch.long, device=weights.device)
+    for ms, ns in forward_chunks(len(weights), idx.shape[1], _EVAL_MODEL_IMAGES):
+        ci = idx[ms, ns]
+        pred = _forward(weights[ms], split.images[ci], activations[ms]).argmax(-1)
+        correct[ms] += ((pred == split.labels[ci]) & mask[ms, ns]).sum(1)
     counts = mask.sum(1)
     return [100.0 * c / n if n else math.nan for c, n in zip(correct.tolist(), counts.tolist())]
+
+
+@torch.no_grad()
+def _adam_step(w, m, v, grad, neg_step, bc2_sqrt, active) -> None:
+    """torch.optim.Adam's update (its single-tensor path, op for op, so a model's weights
+    match torch's bit for bit) with a step size and bias correction per row; rows not
+    `active` keep their weights and moments."""
+    keep = active.unsqueeze(1)
+    m_new = m.lerp(grad, 1 - _BETA1)
+    v_new = v.mul(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
+    denom = (v_new.sqrt() / bc2_sqrt.unsqueeze(1)).add_(_EPS)
+    w.copy_(torch.where(keep, w + neg_step.unsqueeze(1) * m_new / denom, w))
+    m.copy_(torch.where(keep, m_new, m))
+    v.copy_(torch.where(keep, v_new, v))
+
+
+class _Schedule:
+    """Per model: steps per epoch, cyclic half-cycle, and the Adam bias corrections by step."""
+
+    def __init__(self, steps: np.ndarray, cfg: TrainConfig):
+        self.cfg = cfg
+        self.steps = steps
+        self.half = np.array([max(1, round(cfg.cycle_half_epochs * s)) for s in steps])
+        # Python floats, as torch.optim.Adam computes them (numpy's pow may differ in the last bit).
+        n = cfg.last_epoch * int(steps.max()) + 1
+        self.bc1 = np.array([1.0] + [1 - _BETA1**t for t in range(1, n)])
+        self.bc2_sqrt = np.array([1.0] + [(1 - _BETA2**t) ** 0.5 for t in range(1, n)])
+
+    def select(self, rows: list[int]) -> "_Schedule":
+        out = object.__new__(_Schedule)
+        out.__dict__.update(self.__dict__, steps=self.steps[rows], half=self.half[rows])
+        return out
+
+    def epoch(self, epoch: int, device) -> tuple[torch.Tensor, ...]:
+        """[S, K] tables of the epoch's S = max steps: the negated Adam step size, the bias
+        correction, whether each model steps, and each model's own update index."""
+        s = np.arange(int(self.steps.max()))[:, None]
+        active = s < self.steps[None, :]
+        t = (epoch - 1) * self.steps[None, :] + s
+        lr = cyclic_lr(t, self.cfg.base_lr, self.cfg.max_lr, self.half[None, :])
+        neg_step = np.where(active, -(lr / self.bc1[t + 1]), 0.0)
+        bc2 = np.where(active, self.bc2_sqrt[t + 1], 1.0)
+        to = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)  # noqa: E731
+        return to(neg_step, torch.float32), to(bc2, torch.float32), to(active, torch.bool), to(t, torch.long)
 
 
 def train_group(
@@ -118,92 +188,99 @@ def train_group(
     cfg: TrainConfig,
     on_epoch: Callable[[int], None] | None = None,
 ) -> list[ModelRecord]:
-    """Train `jobs` (one shared activation) together on `data`'s device; one record each."""
-    activations = {j.activation for j in jobs}
-    if len(activations) != 1:
-        raise ValueError(f"a training group needs one activation, got {sorted(activations)}")
-    (activation,) = activations
+    """Train `jobs` together on `data`'s device; one record each, in their order, the same
+    as each job trained alone."""
+    # Rows of one activation side by side: each run of them is one activation call.
+    order = sorted(range(len(jobs)), key=lambda k: jobs[k].activation)
+    jobs = [jobs[k] for k in order]
+    acts = [j.activation for j in jobs]
     device = data.train.images.device
+    bf16 = device.type == "cuda" and cfg.precision == "bf16"
     records = [ModelRecord(j) for j in jobs]
     gens = [_job_generator(j) for j in jobs]
-    train_idx = [data.train.indices(j.classes, cfg.train_per_class) for j in jobs]
-    val_idx = [data.val.indices(j.classes, cfg.eval_per_class) for j in jobs]
-    test_in = [data.test.indices(j.classes, cfg.eval_per_class) for j in jobs]
-    test_out = [data.test.others(j.classes, cfg.eval_per_class) for j in jobs]
-    steps = math.ceil(max(len(i) for i in train_idx) / cfg.batch_size)
-    half_cycle = max(1, round(cfg.cycle_half_epochs * steps))
+    # Index lists on the host, one per class set (the activations of a class set share it):
+    # batches are drawn there and copied once an epoch, as a GPU would spend more time
+    # launching K small permutation kernels than running them.
+    lists = {
+        name: {c: get(c, budget).cpu() for c in {j.classes for j in jobs}}
+        for name, get, budget in (
+            ("train", data.train.indices, cfg.train_per_class),
+            ("val", data.val.indices, cfg.eval_per_class),
+            ("in", data.test.indices, cfg.eval_per_class),
+            ("out", data.test.others, cfg.eval_per_class),
+        )
+    }
+    train_idx = [lists["train"][j.classes] for j in jobs]
+    evals = {name: _padded([lists[name][j.classes] for j in jobs], device) for name in ("val", "in", "out")}
+    sched = _Schedule(np.array([math.ceil(len(i) / cfg.batch_size) for i in train_idx]), cfg)
+    # Dropout masks hash (job, own update index): a stream per job, as the batch order.
+    keys = torch.tensor([_job_key(j) & 0x7FFFFFFF for j in jobs], dtype=torch.long, device=device) << 32
 
-    weights = torch.stack([init_weights(j.activation, j.init, j.seed) for j in jobs]).to(device)
-    weights.requires_grad_(True)
-    opt = torch.optim.Adam([weights], lr=cfg.base_lr)
+    w = torch.stack([init_weights(j.activation, j.init, j.seed) for j in jobs]).to(device).requires_grad_(True)
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
     stoppers = [EarlyStopping(cfg.patience, cfg.margin) for _ in jobs]
-    active = list(range(len(jobs)))  # record index of each row of `weights`
-    global_step = 0
+    rows = list(range(len(jobs)))  # record index of each row of `w`
 
-    def checkpoint(rows: list[int], epoch: int):
-        w = weights.detach()[rows]
-        ks = [active[r] for r in rows]
-        acc_in = _accuracy(w, data.test, [test_in[k] for k in ks], activation)
-        acc_out = _accuracy(w, data.test, [test_out[k] for k in ks], activation)
-        for i, (k, ai, ao) in enumerate(zip(ks, acc_in, acc_out)):
-            records[k].checkpoints[epoch] = (w[i].cpu().numpy().copy(), ai, ao)
+    def checkpoint(sel: list[int], epoch: int):
+        ws = w.detach()[sel]
+        acc = {
+            name: _accuracy(ws, data.test, evals[name][0][sel], evals[name][1][sel], [acts[r] for r in sel])
+            for name in ("in", "out")
+        }
+        host = ws.cpu().numpy()
+        for i, r in enumerate(sel):
+            records[rows[r]].checkpoints[epoch] = (host[i].copy(), acc["in"][i], acc["out"][i])
 
     for epoch in range(1, cfg.last_epoch + 1):
-        batches = torch.stack([_epoch_batches(train_idx[k], steps, cfg.batch_size, gens[k]) for k in active])
-        batches = batches.to(device)  # [K, steps, B]
-        loss_sum = torch.zeros(len(active), device=device)
-        for s in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = cyclic_lr(global_step, cfg.base_lr, cfg.max_lr, half_cycle)
+        neg_step, bc2, active, t = sched.epoch(epoch, device)
+        n_steps = len(active)
+        batches = torch.stack(
+            [_epoch_batches(train_idx[k], int(sched.steps[r]), n_steps, cfg.batch_size, gens[k]) for r, k in enumerate(rows)]
+        ).to(device)  # [K, S, B]
+        loss_sum = torch.zeros(len(rows), device=device)
+        for s in range(n_steps):
             idx = batches[:, s]
-            logits = batched_forward(weights, data.train.images[idx], activation, cfg.dropout, training=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                logits = _forward(w, data.train.images[idx], acts, cfg.dropout, keys + t[s])
             per_model = F.cross_entropy(
-                logits.reshape(-1, 10), data.train.labels[idx].reshape(-1), reduction="none"
-            ).view(len(active), -1).mean(1)
-            opt.zero_grad(set_to_none=True)
+                logits.float().reshape(-1, 10), data.train.labels[idx].reshape(-1), reduction="none"
+            ).view(len(rows), -1).mean(1)
             # A sum keeps each model's gradient its own mean-loss gradient.
-            per_model.sum().backward()
-            opt.step()
-            loss_sum += per_model.detach()
-            global_step += 1
+            (grad,) = torch.autograd.grad(per_model.sum(), w)
+            _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
+            loss_sum += torch.where(active[s], per_model.detach(), 0.0)
 
-        val = _accuracy(weights.detach(), data.val, [val_idx[k] for k in active], activation)
-        losses = (loss_sum / steps).tolist()
+        val = _accuracy(w.detach(), data.val, *evals["val"], acts)
+        losses = (loss_sum / torch.from_numpy(sched.steps).to(device)).tolist()
         stopping = []
-        for r, k in enumerate(active):
+        for r, k in enumerate(rows):
             records[k].train_loss.append(losses[r])
             records[k].val_acc.append(val[r])
             if stoppers[k].update(val[r]) and epoch < cfg.last_epoch:
                 stopping.append(r)
-        to_save = sorted(set(stopping) | (set(range(len(active))) if epoch in cfg.bins else set()))
+        to_save = sorted(set(stopping) | (set(range(len(rows))) if epoch in cfg.bins else set()))
         if to_save:
             checkpoint(to_save, epoch)
         for r in stopping:
-            records[active[r]].stopped_epoch = epoch
-            records[active[r]].early_stopped = True
+            records[rows[r]].stopped_epoch = epoch
+            records[rows[r]].early_stopped = True
         if stopping:
-            keep = [r for r in range(len(active)) if r not in stopping]
+            keep = [r for r in range(len(rows)) if r not in stopping]
             if not keep:
-                active = []
+                rows = []
                 break
-            weights = _compact(opt, weights, keep)
-            active = [active[r] for r in keep]
+            # Stopped models leave the step; every tensor indexed by row follows.
+            w = w.detach()[keep].requires_grad_(True)
+            m, v, keys = m[keep], v[keep], keys[keep]
+            evals = {name: (i[keep], k[keep]) for name, (i, k) in evals.items()}
+            sched = sched.select(keep)
+            rows, acts = [rows[r] for r in keep], [acts[r] for r in keep]
         if on_epoch is not None:
             on_epoch(epoch)
 
-    for k in active:
+    for k in rows:
         records[k].stopped_epoch = cfg.last_epoch
-    return records
-
-
-def _compact(opt: torch.optim.Adam, weights: torch.Tensor, keep: list[int]) -> torch.Tensor:
-    """Drop stopped models from the step: slice the weights and their Adam moments."""
-    new = weights.detach()[keep].clone().requires_grad_(True)
-    state = opt.state.pop(weights)
-    opt.state[new] = {
-        "step": state["step"],
-        "exp_avg": state["exp_avg"][keep].clone(),
-        "exp_avg_sq": state["exp_avg_sq"][keep].clone(),
-    }
-    opt.param_groups[0]["params"] = [new]
-    return new
+    in_order = [records[0]] * len(records)
+    for i, k in enumerate(order):
+        in_order[k] = records[i]
+    return in_order

