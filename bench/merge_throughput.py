@@ -23,8 +23,9 @@ import torch
 from wsmerge.cnn import CNN, N_PARAMS, unflatten
 from wsmerge.evaluate import predict
 from wsmerge.data import load_mnist
-from wsmerge.losses import LossContext, mix_loss, paper_mix, permute_neurons
+from wsmerge.losses import LossContext, mix_loss, paper_mix
 from wsmerge.model import TransformerAE, n_params, preset
+from wsmerge.train import second_view
 
 
 def _timed(fn, repeats: int, warm: bool = True) -> float:
@@ -49,7 +50,7 @@ def train_rate(preset_name: str, mix: dict[str, float], batch: int, device: str,
     def step():
         with autocast:
             out = model(w1, w2)
-            aug = model(permute_neurons(w1, gen), permute_neurons(w2, gen)).neck if "contrastive" in mix else None
+            aug = second_view(model, w1, w2, gen) if "contrastive" in mix else None
         ctx = LossContext(activation="relu", images=q, sources=(w1, w2), neck=out.neck, neck_aug=aug,
                           encode=model.encode, fuse=model.fuse, project=model.project, generator=gen)
         total, _ = mix_loss(out.weights.float(), w3, mix, ctx)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from wsmerge.cnn import N_PARAMS, batched_forward, check_activation
+from wsmerge.cnn import N_PARAMS, batched_forward, check_activation, forward_chunks
 from wsmerge.config import check_int, check_number, from_dict
 from wsmerge.data import N_CLASSES, Split, check_classes
 from wsmerge.intervals import UNITS, bootstrap_mean, bootstrap_statistic, paired_difference
@@ -364,15 +364,9 @@ def _forward_chunks(
 ) -> Iterator[tuple[slice, slice, torch.Tensor]]:
     """(models, images, logits [m, n, 10]) of each forward call over `predict`'s chunks."""
     own = images.dim() == 5
-    m_all, n_all = weights.shape[0], images.shape[1 if own else 0]
-    chunk = chunk or default_chunk(weights.device)
-    n_step = min(n_all, chunk)
-    m_step = max(1, chunk // n_step)
-    for m0 in range(0, m_all, m_step):
-        ms = slice(m0, m0 + m_step)
-        for n0 in range(0, n_all, n_step):
-            ns = slice(n0, n0 + n_step)
-            yield ms, ns, batched_forward(weights[ms], images[ms, ns] if own else images[ns], activation)
+    n_all = images.shape[1 if own else 0]
+    for ms, ns in forward_chunks(weights.shape[0], n_all, chunk or default_chunk(weights.device)):
+        yield ms, ns, batched_forward(weights[ms], images[ms, ns] if own else images[ns], activation)
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -387,8 +381,10 @@ def predict(
     """argmax class [M, N] of M models on images [N, 1, 28, 28] they share or [M, N, 1, 28, 28]
     of their own; -1 (never a label) where a model's logits are not finite.
 
-    Each forward call takes up to `chunk` model×images (None: `default_chunk`), as many
-    images as fit and then as many models: one model's images share the first convolution.
+    Each forward call takes up to `chunk` model×images (None: `default_chunk`; never more
+    than `wsmerge.cnn.MAX_MODEL_IMAGES`, where a convolution's output passes 2**31
+    elements), as many images as fit and then as many models: one model's images share the
+    first convolution.
     """
     m_all, n_all = weights.shape[0], images.shape[-4]
     out = torch.empty(m_all, n_all, dtype=torch.long, device=weights.device)

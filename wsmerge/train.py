@@ -37,7 +37,7 @@ from wsmerge.predictiveness import pair_losses, predictiveness, write_predictive
 from wsmerge.zoo import load, load_init, weights_matrix
 
 __all__ = ["BEST", "CHECKPOINT", "PREDICTIVENESS", "SCALINGS", "SELECT", "VARY", "RunConfig", "RunResult", "ZooTables",
-           "read_zoo", "train"]
+           "read_zoo", "second_view", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -247,6 +247,13 @@ def _query_images(data: _Data, targets: list[tuple[int, ...]], n: int, gen: torc
     return data.mnist.train.images[torch.stack(idx).to(data.mnist.train.images.device)]
 
 
+def second_view(model: TransformerAE, w1: torch.Tensor, w2: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The contrastive term's second view: the neck of the same pairs after neuron
+    permutations, which change the weights but not the functions. Only the neck is needed,
+    so the decoder (most of the seed preset's parameters) is not run for it."""
+    return model.fuse(model.encode(permute_neurons(w1, gen), 0), model.encode(permute_neurons(w2, gen), 1))
+
+
 def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data: _Data, gen, device, scales=None):
     """The model's output for one batch and the loss mix on it: (generated, total, terms).
     Every random draw (query images, permutations, the losses' probes) comes from `gen`."""
@@ -254,12 +261,7 @@ def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data:
     images = _query_images(data, targets, cfg.query_images, gen) if "images" in needs else None
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16"):
         out = model(w1, w2)
-        # The contrastive term's second view: the same pairs after neuron permutations,
-        # which change the weights but not the functions. Only its neck is needed, so the
-        # decoder (most of the seed preset's parameters) is not run for it.
-        aug = None
-        if "neck_aug" in needs:
-            aug = model.fuse(model.encode(permute_neurons(w1, gen), 0), model.encode(permute_neurons(w2, gen), 1))
+        aug = second_view(model, w1, w2, gen) if "neck_aug" in needs else None
     ctx = LossContext(
         activation=act,
         images=images,
