@@ -116,13 +116,19 @@ def merge_rates(device: str, presets: list[str], batch: int, repeats: int, image
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="everything tiny, on the CPU, in seconds")
+    p.add_argument("--merge-only", action="store_true", help="only part 4, the merge model")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     quick = args.quick or device == "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"device: {name}, torch {torch.__version__}")
     data = load_mnist().to(device)
+    if not args.merge_only:
+        zoo_parts(data, device, quick)
+    merge_part(data, device, quick)
 
+
+def zoo_parts(data, device: str, quick: bool) -> None:
     sizes = [1, 4, 16] if quick else [1, 16, 64, 256, 1024, 4096]
     print("\nzoo trainer, two-class relu jobs, 2 epochs with validation and a test checkpoint:")
     rates = zoo_rates(data, device, sizes, 64 if quick else 1000)
@@ -141,6 +147,9 @@ def main() -> None:
     print("\naccuracy check, relu jobs (bf16 runs as fp32 on a CPU), test accuracy on own classes, median:")
     accuracy_check(data, *((1, 100, 4) if quick else (4, None, 64)))
 
+
+
+def merge_part(data, device: str, quick: bool) -> None:
     peak = matmul_rate(device, 512 if quick else 8192)
     print(f"\nmerge model, bf16 autocast on a GPU; {'float32' if quick else 'bf16'} matmul rate here: "
           f"{peak / 1e12:.2f} TFLOP/s")

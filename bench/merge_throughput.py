@@ -51,7 +51,9 @@ def train_rate(preset_name: str, mix: dict[str, float], batch: int, device: str,
         with autocast:
             out = model(w1, w2)
             aug = second_view(model, w1, w2, gen) if "contrastive" in mix else None
-        ctx = LossContext(activation="relu", images=q, sources=(w1, w2), neck=out.neck, neck_aug=aug,
+        # Float32 for the losses, as wsmerge.train hands them over.
+        ctx = LossContext(activation="relu", images=q, sources=(w1, w2), neck=out.neck.float(),
+                          neck_aug=None if aug is None else aug.float(),
                           encode=model.encode, fuse=model.fuse, project=model.project, generator=gen)
         total, _ = mix_loss(out.weights.float(), w3, mix, ctx)
         opt.zero_grad(set_to_none=True)
