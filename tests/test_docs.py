@@ -122,8 +122,14 @@ def test_every_zoo_column_is_in_the_zoo_doc():
     assert not missing, f"docs/zoo.md, init.parquet: undocumented columns {missing}"
 
 
-def test_demo_has_an_expected_output_section():
-    assert re.search(r"^#+ Expected output\s*$", _read(DOCS / "demo.md"), re.M)
+def test_demo_has_an_expected_output_section_with_a_transcript():
+    text = _read(DOCS / "demo.md")
+    heading = re.search(r"^#+ Expected output\s*$", text, re.M)
+    assert heading
+    # The transcript ends as the main command ends: the top trials with their unit, then the results.
+    transcript = re.search(r"^```\n(.*?)^```", text[heading.end():], re.M | re.S)
+    assert transcript and "intervals resampling" in transcript.group(1)
+    assert "results: results/loss_combo_tiny/ranking.md" in transcript.group(1)
 
 
 @pytest.mark.parametrize("doc", ["architecture.md", "zoo.md", "reference.md", "demo.md"])
