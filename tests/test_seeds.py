@@ -4,13 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from runs import Crash, tiny_run
 
+from sweeps.train_one import main as train_one
 from wsmerge.seeds import SEEDS_FILE, seed_config, spread, train_seeds
 from wsmerge.train import RunConfig, train
 
 
-def test_three_seeds_report_three_results_their_spread_and_resume_per_seed(tiny_zoo, tmp_path):
+def test_three_seeds_report_three_results_their_spread_and_resume_per_seed(tiny_zoo, tmp_path, capsys):
     cfg = tiny_run(tiny_zoo, tmp_path / "rep", epochs=2, seeds=[0, 1, 2])
 
     def crash_in_seed_1(seed, metrics):
@@ -37,6 +39,16 @@ def test_three_seeds_report_three_results_their_spread_and_resume_per_seed(tiny_
     # A second resume runs nothing.
     again = train_seeds(cfg, resume=True)
     assert all(r.already_complete for r in again.runs.values())
+    # The command line prints each seed's results with their unit, then the spread.
+    path = tmp_path / "rep.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    capsys.readouterr()
+    assert train_one(["--config", str(path), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert [f"== seed {s} ==" in out for s in (0, 1, 2)] == [True] * 3
+    assert "bootstrap intervals resampling test targets" in out and "generated − average" in out
+    assert "== across seeds [0, 1, 2] (varying init, order)" in out
+    assert f"| generated/acc_in | {accs.mean():.2f} | {accs.std(ddof=1):.2f} |" in out
 
 
 def test_vary_picks_what_each_seed_sets(tmp_path):
