@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from wsmerge.cnn import N_PARAMS, batched_forward
+from wsmerge.cnn import N_PARAMS, batched_forward, unflatten
 from wsmerge.losses import (
     LOSSES,
     LossContext,
@@ -259,3 +259,25 @@ def test_permute_neurons_keeps_function():
         torch.testing.assert_close(batched_forward(wp, x, act), batched_forward(w, x, act), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError):
         permute_neurons(torch.zeros(3, 10))
+
+
+def _permuted_row_by_row(w, generator):
+    """The permutation spelt out on each CNN's named tensors, one row at a time."""
+    hidden = ((("conv1.weight", "conv1.bias"), "conv2.weight", 1), (("conv2.weight", "conv2.bias"), "conv3.weight", 1),
+              (("conv3.weight", "conv3.bias"), "fc1.weight", 9), (("fc1.weight", "fc1.bias"), "fc2.weight", 1))
+    out = []
+    for row in w:
+        p = {k: v.clone() for k, v in unflatten(row).items()}
+        for producers, consumer, unit in hidden:
+            perm = torch.randperm(p[producers[0]].shape[0], generator=generator)
+            for name in producers:
+                p[name] = p[name][perm]
+            p[consumer] = p[consumer][:, (perm[:, None] * unit + torch.arange(unit)).reshape(-1)]
+        out.append(torch.cat([t.reshape(-1) for t in p.values()]))
+    return torch.stack(out)
+
+
+def test_permute_neurons_is_the_row_by_row_permutation_with_the_same_draws():
+    w = torch.randn(7, N_PARAMS, generator=torch.Generator().manual_seed(5))
+    expected = _permuted_row_by_row(w, torch.Generator().manual_seed(6))
+    assert torch.equal(permute_neurons(w, torch.Generator().manual_seed(6)), expected)

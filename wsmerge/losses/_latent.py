@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..cnn import N_PARAMS, unflatten
+from ..cnn import LAYER_SHAPES, N_PARAMS, unflatten
 from ._common import probe_generator, rademacher
 from ._registry import register
 
@@ -163,18 +163,32 @@ def permute_neurons(weights: torch.Tensor, generator: torch.Generator | None = N
     """[B, 2464] -> [B, 2464]: each CNN with its hidden units (conv channels, fc1 neurons)
     randomly permuted, a different permutation per row. The function computed is unchanged
     (max-pooling and the activations act channel-wise), which makes these the
-    behaviour-preserving augmentations of SANE's contrastive loss."""
+    behaviour-preserving augmentations of SANE's contrastive loss.
+
+    The permutations are drawn on the CPU (row by row, layer by layer) and turned into one
+    index of source positions, so the weights move in a single gather on their device:
+    slicing each row on a GPU took thousands of tiny kernels and copies a batch."""
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [B, {N_PARAMS}], got {tuple(weights.shape)}")
-    out = []
-    for row in weights:
-        p = {k: v.clone() for k, v in unflatten(row).items()}
-        for producers, consumer, unit in _HIDDEN:
-            units = p[producers[0]].shape[0]
-            perm = torch.randperm(units, generator=generator)
-            for name in producers:
-                p[name] = p[name][perm]
-            cols = (perm[:, None] * unit + torch.arange(unit)).reshape(-1)
-            p[consumer] = p[consumer][:, cols]
-        out.append(torch.cat([t.reshape(-1) for t in p.values()]))
-    return torch.stack(out)
+    b = weights.shape[0]
+    perms = [[torch.randperm(_units(producers), generator=generator) for producers, _, _ in _HIDDEN] for _ in range(b)]
+    # Where each output position takes its value from: the permutations applied to positions.
+    idx = {k: v.expand(b, *v.shape) for k, v in unflatten(torch.arange(N_PARAMS)).items()}
+    for layer, (producers, consumer, unit) in enumerate(_HIDDEN):
+        perm = torch.stack([row[layer] for row in perms])  # [B, units]
+        for name in producers:
+            idx[name] = _take(idx[name], 1, perm)
+        idx[consumer] = _take(idx[consumer], 2, (perm[:, :, None] * unit + torch.arange(unit)).reshape(b, -1))
+    source = torch.cat([t.reshape(b, -1) for t in idx.values()], dim=1)
+    return weights.gather(1, source.to(weights.device))
+
+
+def _units(producers: tuple[str, ...]) -> int:
+    return dict(LAYER_SHAPES)[producers[0]][0]
+
+
+def _take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """t [B, ...] indexed along `dim` by a per-row index [B, n]."""
+    shape = [t.shape[0]] + [1] * (t.dim() - 1)
+    shape[dim] = index.shape[1]
+    return t.gather(dim, index.view(shape).expand(*t.shape[:dim], index.shape[1], *t.shape[dim + 1:]))
