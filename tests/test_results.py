@@ -334,6 +334,7 @@ def test_loss_predictiveness_aggregates_medians_and_pools_test_pairs(built):
     assert table.loc["contrastive", "skipped"] == SKIP_REASON and table.loc["contrastive", "skipped_trials"] == 3
     text = (folder / "loss_predictiveness.md").read_text()
     assert "## Skipped losses" in text and f"**contrastive** (in 3 of 3 trials): {SKIP_REASON}" in text
+    assert "resamples the test **target class sets** (4 targets)" in text
     assert text.index("| fisher |") < text.index("| mse |")
 
 

@@ -782,13 +782,16 @@ def _predictiveness_md(sweep: SweepTrials, table: pd.DataFrame, n_boot: int, ci:
                   "predictiveness_images > 0)."]
         return "\n".join(lines) + "\n"
     ft = "ft_acc_in/spearman_median" in table
+    n_units = int(table["pooled/n_units"].max()) if "pooled/n_units" in table and table["pooled/n_units"].notna().any() else 0
+    units = f"{n_units} target{'s' * (n_units != 1)}"
     lines += [
         "How well each weight-space loss between a generated CNN and its target CNN3, at its exact "
         "setting, predicts the generated CNN's test acc_in: a good proxy correlates strongly and "
         "negatively (lower loss, better CNN).",
         "",
         "- **pooled Spearman**: over every (trial, test pair) of the tested trials together "
-        f"(**points** of them), with a {ci:.0%} percentile-bootstrap interval ({n_boot} resamples); "
+        f"(**points** of them), with a {ci:.0%} percentile-bootstrap interval ({n_boot} resamples) that "
+        f"resamples the test **target class sets** ({units}), each with all its points across trials; "
         "the table is sorted by its absolute value.",
         "- **per-trial Spearman**: the median [min, max] over the **trials** that computed the loss of "
         "its correlation over each trial's own test pairs (loss_predictiveness.csv of each trial)"
