@@ -103,6 +103,16 @@ def test_output_dir_holding_something_else(tmp_path):
         ZooStore(tmp_path / "f", CFG).open()
 
 
+def test_zoo_of_an_older_recipe_is_not_continued(tmp_path):
+    ZooStore(tmp_path / "z", CFG).open()
+    manifest = tmp_path / "z" / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["recipe"]  # as written before the recipe had a version
+    manifest.write_text(json.dumps(old))
+    with pytest.raises(ZooStoreError, match="trained with training recipe 1, this wsmerge trains with recipe 2"):
+        ZooStore(tmp_path / "z", CFG).open()
+
+
 def test_zoo_of_another_config(tmp_path):
     ZooStore(tmp_path / "z", CFG).open()
     other = CFG.replace(activations=("relu",))

@@ -38,6 +38,10 @@ __all__ = [
 
 FORMAT = "wsmerge-zoo"
 VERSION = 1
+# The training recipe's version: the same config trains other weights under another recipe
+# (2: each model its own epoch length, schedule, Adam steps and random streams, whatever its
+# group). A zoo keeps to the recipe it was started with; `load` reads any.
+RECIPE = 2
 _WEIGHTS = pa.list_(pa.float32(), N_PARAMS)
 SCHEMA = pa.schema(
     [
@@ -150,6 +154,7 @@ class ZooStore:
         manifest = {
             "format": FORMAT,
             "version": VERSION,
+            "recipe": RECIPE,
             "config": self.config.to_dict(),
             "jobs": [j.id for j in self.config.jobs()],
         }
@@ -158,6 +163,13 @@ class ZooStore:
 
     def _check_manifest(self) -> None:
         m = _read_manifest(self.root)
+        recipe = m.get("recipe", 1)  # zoos from before the key are recipe 1
+        if recipe != RECIPE:
+            raise ZooStoreError(
+                f"{self.root}: this zoo was trained with training recipe {recipe}, this wsmerge trains with "
+                f"recipe {RECIPE}, whose models differ: the zoo cannot be continued. Use another --out "
+                "(the finished zoo still loads)"
+            )
         old, new = m["config"], self.config.to_dict()
         if old != new:
             diffs = _diff(old, new)
