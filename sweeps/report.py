@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsmerge.intervals import few_units_warning
+from wsmerge.intervals import few_units_warning, unit_text
 from wsmerge.results import COMPLETE, EMPTY, PARTIAL, SweepNotFound, ranking_markdown, write_results
 
 
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shown = f"top {args.top} of {len(rank)}" if len(rank) > args.top else f"all {len(rank)}"
         n_targets, n_pairs = int(rank["n_targets"].median()), int(rank["n_pairs"].median())
-        print(f"\nranking on test pairs ({shown}; intervals resample {n_targets} target class sets, "
-              f"{n_pairs} pairs; columns explained in ranking.md):\n")
+        print(f"\nranking on test pairs ({shown}; intervals resample {unit_text(n_targets, n_pairs, 'target class set')}; "
+              "columns explained in ranking.md):\n")
         print(ranking_markdown(rank, args.top))
         warning = few_units_warning(n_targets)
         if warning:

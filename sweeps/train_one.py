@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from wsmerge.intervals import few_units_warning
+from wsmerge.intervals import few_units_warning, unit_text
 from wsmerge.seeds import SEEDS_FILE, train_seeds
 from wsmerge.train import RunConfig, train
 from wsmerge.zoo import ZooStoreError
@@ -46,9 +46,9 @@ def _methods(summary: dict[str, float]) -> list[str]:
 
 def _units(summary: dict[str, float], unit: str) -> str:
     pairs, targets = int(summary["n_pairs"]), summary.get("n_targets", math.nan)
-    if unit == "pair" or math.isnan(targets):  # a run tested before intervals named their unit
-        return f"{pairs} pairs"
-    return f"{int(targets)} target{'s' * (targets != 1)}, {pairs} pairs"
+    if math.isnan(targets):  # a run tested before intervals named their unit
+        unit = "pair"
+    return unit_text(0 if math.isnan(targets) else int(targets), pairs, unit)
 
 
 def _bounds(summary: dict[str, float], key: str, spec: str) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "bootstrap_statistic",
     "few_units_warning",
     "paired_difference",
+    "unit_text",
 ]
 
 UNITS = ("target", "pair")
@@ -46,6 +47,13 @@ FEW_TARGETS = 10
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def unit_text(n_units: int, n_pairs: int, unit: str = "target") -> str:
+    """What an interval resampled: "6 targets, 69 pairs", or "69 pairs" for the pair unit."""
+    if unit == "pair":
+        return _plural(n_pairs, "pair")
+    return f"{_plural(n_units, unit)}, {_plural(n_pairs, 'pair')}"
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,7 @@ class Interval:
     unit: str = "target"
 
     def unit_text(self) -> str:
-        if self.unit == "pair":
-            return _plural(self.n_pairs, "pair")
-        return f"{_plural(self.n_units, self.unit)}, {_plural(self.n_pairs, 'pair')}"
+        return unit_text(self.n_units, self.n_pairs, self.unit)
 
     def text(self, spec: str = ".1f") -> str:
         if not math.isfinite(self.lo):

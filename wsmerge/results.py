@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from wsmerge.evaluate import correlation, loss_accuracy_correlation
-from wsmerge.intervals import bootstrap_mean, bootstrap_statistic, few_units_warning, paired_difference
+from wsmerge.intervals import bootstrap_mean, bootstrap_statistic, few_units_warning, paired_difference, unit_text
 from wsmerge.files import atomic_write
 from wsmerge.seeds import SEEDS_FILE, spread
 from wsmerge.train import CHECKPOINT, PREDICTIVENESS, SELECT
@@ -540,7 +540,7 @@ def _plot_ranking(rank: pd.DataFrame, name: str, ci: float, path: Path) -> Path:
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(-heights.sum() - 0.5, 0.5)
     best = shown["best_baseline"].mode()
-    units = f"{int(shown['n_targets'].median())} targets, {int(shown['n_pairs'].median())} pairs"
+    units = unit_text(int(shown["n_targets"].median()), int(shown["n_pairs"].median()))
     ax.set_xlabel(f"test acc_in: generated − best data-free baseline ({best.iloc[0] if len(best) else '?'}), "
                   f"points, paired\n{ci:.0%} bootstrap interval resampling targets ({units})")
     more = f" (top {len(shown)} of {len(rank)})" if len(rank) > len(shown) else ""
@@ -683,7 +683,7 @@ def ranking_summary(rank: pd.DataFrame, ci: float = 0.95, top: int = 3) -> str:
         return "no trial tested yet"
     n_targets, n_pairs = int(rank["n_targets"].median()), int(rank["n_pairs"].median())
     lines = [f"top {min(top, len(rank))} of {len(rank)} tested trials on test pairs ({ci:.0%} intervals resampling "
-             f"{n_targets} target class set{'s' * (n_targets != 1)}, {n_pairs} pairs):"]
+             f"{unit_text(n_targets, n_pairs, 'target class set')}):"]
     for _, r in rank.head(top).iterrows():
         lines.append(f"  #{r['rank']} {r['mix']}")
         lines.append(f"     acc_in {_interval(r['acc_in'], r['acc_in_lo'], r['acc_in_hi'], '.1f')}; "
@@ -725,7 +725,7 @@ def _ranking_md(sweep: SweepTrials, rank: pd.DataFrame, repeated: pd.DataFrame, 
             "searcher saw validation metrics only.",
             "",
             f"**Intervals** ([CI]) are {ci:.0%} percentile-bootstrap intervals ({n_boot} resamples, seed "
-            f"{seed}) that resample the test **target class sets** ({n_targets} targets, {n_pairs} pairs), "
+            f"{seed}) that resample the test **target class sets** ({unit_text(n_targets, n_pairs)}), "
             "keeping all pairs of a drawn target: pairs of one target share its images and CNN, so "
             "they are not independent units.",
         ]
