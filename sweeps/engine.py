@@ -13,6 +13,12 @@ run. Everything it writes goes under one folder:
                           result.json (test pairs), test_pairs.csv
       wandb/              one W&B run a trial: offline unless WANDB_API_KEY is set
 
+On a Ray cluster (cluster/README.md), `--address` (or RAY_ADDRESS) joins it and trials are
+placed by `cpus_per_trial` and `gpus_per_trial`; relative paths (`--results`, `run.zoo`)
+are read under `--storage` (or WSMERGE_STORAGE), which every node must see: the sweep
+checks that before its first trial. A trial whose node is lost is retried elsewhere from
+its last checkpoint (`max_failures`); finished trials are kept.
+
 Trials are chosen on validation pairs only: the scheduler (ASHA) stops trials on the
 validation acc_in of each epoch, and the searcher scores a trial by its objectives at the
 epoch `train` keeps (the best validation acc_in). Test metrics stay in result.json.
@@ -34,7 +40,6 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import optuna
 import pandas as pd
-import ray
 import torch
 import yaml
 from ray import tune
@@ -42,12 +47,13 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from wsmerge.cluster import STORAGE_ENV, check_shared, node_id, ray_session, storage_root, under
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.files import atomic_write
 from wsmerge.results import REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, ranking_summary, write_results
 from wsmerge.seeds import train_seeds
 from wsmerge.train import BEST, CHECKPOINT, SELECT, RunConfig, ZooTables, read_zoo, train
-from wsmerge.zoo import PROFILES, BuildOptions, ZooStoreError, build_zoo, profile
+from wsmerge.zoo import MANIFEST, PROFILES, BuildOptions, ZooStoreError, build_zoo, profile
 
 __all__ = [
     "BEST_PREFIX",
@@ -413,7 +419,8 @@ class _Reporter:
             for name in (CHECKPOINT, BEST):
                 if (self.out / name).exists():
                     os.link(self.out / name, stage / name)
-            tune.report({**metrics, **best}, checkpoint=tune.Checkpoint.from_directory(stage))
+            # node: the Ray node this epoch ran on, so that where a trial ran shows in its results.
+            tune.report({**metrics, **best, "node": node_id()}, checkpoint=tune.Checkpoint.from_directory(stage))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
@@ -681,7 +688,11 @@ def parse_args(command: str, doc: str, argv: list[str] | None) -> argparse.Names
     p = argparse.ArgumentParser(prog=f"python -m sweeps.{command}", description=doc.split("\n")[0])
     p.add_argument("--config", type=Path, help=f"YAML sweep config (default sweeps/configs/{command}_tiny.yaml)")
     p.add_argument("--name", help="the sweep's folder under --results (default: the config file's name)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="where sweep folders go (default results)")
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="where sweep folders go (default results, under --storage when given)")
+    p.add_argument("--storage", help=f"a directory every node sees, for the relative --results and run.zoo "
+                                     f"(default ${STORAGE_ENV}, else the current directory)")
+    p.add_argument("--address", help="the Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-samples", type=int, help="override the config's num_samples")
     p.add_argument("--zoo", help="override the config's run.zoo")
     p.add_argument("--resume", action="store_true", help="continue the sweep --name with the config saved in it")
@@ -689,17 +700,21 @@ def parse_args(command: str, doc: str, argv: list[str] | None) -> argparse.Names
 
 
 def _resolve(args: argparse.Namespace, cls: type[SweepConfig], default: Path) -> tuple[SweepConfig, Path]:
+    root = storage_root(args.storage)
+    results = under(root, args.results)
     if args.resume:
         if args.config or args.num_samples is not None or args.zoo:
             raise ValueError("--resume continues a sweep with its saved config: drop --config, --num-samples, --zoo")
         name = args.name or default.stem
-        saved = args.results / name / SWEEP_FILE
+        saved = results / name / SWEEP_FILE
         if not saved.is_file():
             raise ValueError(f"{saved}: no sweep to resume")
-        return load_sweep(cls, saved), args.results / name
+        return load_sweep(cls, saved), results / name
     path = args.config or default
     cfg = load_sweep(cls, path, args.num_samples, args.zoo)
-    return cfg, args.results / (args.name or path.stem)
+    if root is not None:
+        cfg = dataclasses.replace(cfg, run=cfg.run.replace(zoo=str(under(root, cfg.run.zoo))))
+    return cfg, results / (args.name or path.stem)
 
 
 def _summary(cfg: SweepConfig, grid, folder: Path) -> str:
@@ -735,7 +750,7 @@ def main(argv: list[str] | None, cls: type[SweepConfig], doc: str, *, train_fn: 
         return 2
     resume_hint += f" (or: python -m sweeps.{cls.COMMAND} --name {folder.name} --results {args.results} --resume)"
     try:
-        return _run(cfg, folder, storage, train_fn, resume_hint)
+        return _run(cfg, folder, storage, train_fn, resume_hint, args.address)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {resume_hint}", file=sys.stderr)
         return 130
@@ -744,21 +759,18 @@ def main(argv: list[str] | None, cls: type[SweepConfig], doc: str, *, train_fn: 
         return 2
 
 
-def _run(cfg: SweepConfig, folder: Path, storage, train_fn: Callable, resume_hint: str) -> int:
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()  # a cluster (ray up cluster/gpu.yaml), as it is configured
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False)
-    try:
+def _run(cfg: SweepConfig, folder: Path, storage, train_fn: Callable, resume_hint: str,
+         address: str | None = None) -> int:
+    with ray_session(address):
         if cfg.zoo_profile is not None and not Path(cfg.run.zoo).exists():
             print(f"building the {cfg.zoo_profile} zoo at {cfg.run.zoo}", flush=True)
             build_zoo(profile(cfg.zoo_profile), cfg.run.zoo, BuildOptions(progress=False))
+        try:
+            check_shared([folder], [Path(cfg.run.zoo) / MANIFEST])
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         grid = run_sweep(cfg, folder, storage, train_fn=train_fn)
-    finally:
-        if started_ray:
-            ray.shutdown()
     print(_summary(cfg, grid, folder))
     ended = [r.metrics["trial_id"] for r in grid if r.error is None and r.metrics and "trial_id" in r.metrics]
     test_stopped_trials(folder, ended, train_fn)

@@ -16,6 +16,11 @@ The zoo directory (docs/zoo.md):
     <out>/shards/<job_id>.parquet  one model: a row per epoch bin, its weights and metrics
 
 Read it with `wsmerge.zoo.load(out)` (one row per checkpoint).
+
+On a Ray cluster (cluster/README.md): `--address` (or RAY_ADDRESS) joins it, and actors
+spread over its nodes by the CPUs and GPUs they ask for; a relative --out is read under
+`--storage` (or WSMERGE_STORAGE). A node lost part-way loses no finished model: its
+actors' models are trained again by the actors left, or by the next run of the command.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from pathlib import Path
 
 import torch
 
+from wsmerge.cluster import STORAGE_ENV, storage_root, under
 from wsmerge.cnn import ACTIVATIONS, INITS
 from wsmerge.config import read_yaml
 from wsmerge.data import load_mnist
 from wsmerge.zoo import (
     PROFILES,
+    ActorsLost,
     BuildOptions,
     ZooConfig,
     ZooStore,
@@ -56,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--profile", choices=sorted(PROFILES), default=None, help="base profile (default tiny)")
     p.add_argument("--config", type=Path, help="YAML file: `profile:` plus fields to override")
-    p.add_argument("--out", type=Path, help="zoo directory (default zoo/<name>)")
+    p.add_argument("--out", type=Path, help="zoo directory (default zoo/<name>, under --storage when given)")
+    p.add_argument("--storage", help=f"a directory every node sees, for relative paths (default ${STORAGE_ENV}, "
+                                     "else the current directory)")
+    p.add_argument("--address", help="the Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--inits", help="'all' or a comma-separated list of inits")
     p.add_argument("--activations", help="'all' or a comma-separated list of activations")
     p.add_argument("--actors", type=int, help="number of Ray actors (default: what the resources hold)")
@@ -115,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             models_per_step=args.models_per_step,
             data_root=args.data_root,
             progress=not args.no_progress,
+            address=args.address,
         )
         if args.data_root:
             load_mnist(args.data_root)  # a wrong root fails here, not inside every actor
+        out = under(storage_root(args.storage), args.out or Path("zoo") / cfg.name)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or Path("zoo") / cfg.name
     if args.plan:
         return _plan(cfg, out, opts)
     try:
@@ -129,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ZooStoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ActorsLost as e:  # what was built is kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     rows = load(out)
     print(
         f"zoo {cfg.name} at {out}: {report.total} models ({report.skipped} already built, "
@@ -136,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         f"test accuracy on own classes at the last bin: "
         f"median {rows.loc[rows.epoch_bin == rows.epoch_bin.max(), 'test_acc_in'].median():.1f}%"
     )
+    if len(report.actors) > 1 or report.lost:
+        print(f"trained on {len(report.actors)} Ray nodes:\n{report.placement()}")
     if args.export_csv:
         export_csv(rows, args.export_csv)
         print(f"CSV written to {args.export_csv}")

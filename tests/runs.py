@@ -1,4 +1,4 @@
-"""Helpers of the training tests: a tiny run config and what a crash-and-resume test needs."""
+"""Helpers of the training and sweep tests: tiny run and sweep configs, and what a crash-and-resume test needs."""
 
 import json
 
@@ -23,6 +23,32 @@ def tiny_run(zoo, out, **kw):
         progress=False,
     )
     return RunConfig.from_dict({**base, **kw})
+
+
+def tiny_sweep(zoo, **changes):
+    """A loss_combo sweep config of a few short trials of a tiny TransformerAE on `zoo`."""
+    cfg = {
+        "space": {
+            "losses": ["mse", "behavioral", "contrastive"],
+            "weight": {"low": 0.1, "high": 1.0},
+            "lr": {"low": 1e-3, "high": 3e-3},
+        },
+        "run": {
+            "zoo": str(zoo),
+            "model": {"preset": "tiny", "d_model": 32, "d_ff": 64, "neck": 16},
+            # The last bin, two class pairs a target: 6 train, 2 val and 2 test triples.
+            "pairs": {"overlap": [0, 1], "split_by": "target", "epoch_bins": [2], "max_pairs_per_target": 2},
+            "evaluation": {"images_per_class": 20, "finetune_steps": 0, "bootstrap": 0},
+            "epochs": 2,
+            "batch_size": 8,
+        },
+        "num_samples": 3,
+        "concurrency": 2,
+        "startup_trials": 2,
+        "scheduler": {"kind": "fifo"},
+        "wandb": {"mode": "offline"},
+    }
+    return {**cfg, **changes}
 
 
 class Crash(Exception):

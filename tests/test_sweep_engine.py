@@ -18,6 +18,8 @@ import torch
 import yaml
 from ray.tune import ExperimentAnalysis
 
+from procs import kill_marked
+from runs import tiny_sweep
 from sweeps import engine
 from sweeps.hparams import HparamSpace, HparamSweep
 from sweeps.hparams import main as hparams_main
@@ -28,31 +30,6 @@ from wsmerge.train import RunConfig, train
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "fake0wandb0key0that0must0never0be0written0anywhere00"
-
-
-def _config(zoo, **changes):
-    cfg = {
-        "space": {
-            "losses": ["mse", "behavioral", "contrastive"],
-            "weight": {"low": 0.1, "high": 1.0},
-            "lr": {"low": 1e-3, "high": 3e-3},
-        },
-        "run": {
-            "zoo": str(zoo),
-            "model": {"preset": "tiny", "d_model": 32, "d_ff": 64, "neck": 16},
-            # The last bin, two class pairs a target: 6 train, 2 val and 2 test triples.
-            "pairs": {"overlap": [0, 1], "split_by": "target", "epoch_bins": [2], "max_pairs_per_target": 2},
-            "evaluation": {"images_per_class": 20, "finetune_steps": 0, "bootstrap": 0},
-            "epochs": 2,
-            "batch_size": 8,
-        },
-        "num_samples": 3,
-        "concurrency": 2,
-        "startup_trials": 2,
-        "scheduler": {"kind": "fifo"},
-        "wandb": {"mode": "offline"},
-    }
-    return {**cfg, **changes}
 
 
 def _write(path, cfg):
@@ -96,7 +73,7 @@ def _check_finished(folder, n, epochs, stopped=False):
 def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, tmp_path, ray_local, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # offline all the same: the config says so
     asha = {"kind": "asha", "grace_period": 1, "reduction_factor": 2}
-    config = _write(tmp_path / "sweep.yaml", _config(sweep_zoo, scheduler=asha, repeat={"top": 1, "seeds": [1]}))
+    config = _write(tmp_path / "sweep.yaml", tiny_sweep(sweep_zoo, scheduler=asha, repeat={"top": 1, "seeds": [1]}))
     args = ["--config", str(config), "--results", str(tmp_path / "results"), "--name", "e2e"]
     assert loss_combo_main(args) == 0
     folder = tmp_path / "results" / "e2e"
@@ -137,35 +114,8 @@ def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, t
     assert not leaks, f"the W&B key was written to {leaks}"
 
 
-def _ray_leftovers(ray_tmp):
-    """The live processes that the killed sweep's Ray started: they carry its RAY_TMPDIR."""
-    mark = f"RAY_TMPDIR={ray_tmp}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if mark in (proc / "environ").read_bytes().split(b"\0") and (proc / "stat").read_text().split()[2] != "Z":
-                pids.append(int(proc.name))
-        except (OSError, IndexError):
-            continue
-    return pids
-
-
-def _kill_ray_leftovers(ray_tmp):
-    for pid in _ray_leftovers(ray_tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 10
-    while _ray_leftovers(ray_tmp) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _ray_leftovers(ray_tmp)
-
-
 def test_killed_driver_resumes_every_trial_once(sweep_zoo, tmp_path, ray_env):
-    config = _write(tmp_path / "sweep.yaml", _config(sweep_zoo, run={**_config(sweep_zoo)["run"], "epochs": 3}))
+    config = _write(tmp_path / "sweep.yaml", tiny_sweep(sweep_zoo, run={**tiny_sweep(sweep_zoo)["run"], "epochs": 3}))
     cmd = [sys.executable, "-m", "sweeps.loss_combo", "--config", str(config), "--results", str(tmp_path / "r"),
            "--name", "killed"]
     folder = tmp_path / "r" / "killed"
@@ -180,7 +130,7 @@ def test_killed_driver_resumes_every_trial_once(sweep_zoo, tmp_path, ray_env):
     assert proc.poll() is None, f"the sweep ended before it could be killed: {log.read_text()[-3000:]}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _kill_ray_leftovers(ray_env["RAY_TMPDIR"])
+    kill_marked("RAY_TMPDIR", ray_env["RAY_TMPDIR"])
 
     finished = {p: p.read_bytes() for p in (folder / engine.TRIALS).glob("*/result.json")}
     assert len(finished) < 3
@@ -221,14 +171,14 @@ def _raising_once(after_epoch):
 
 def test_a_trial_that_raises_is_retried_from_its_checkpoint(sweep_zoo, tmp_path, ray_local, capsys):
     results = tmp_path / "results"
-    config = _write(tmp_path / "flaky.yaml", _config(sweep_zoo, num_samples=2, max_failures=1))
+    config = _write(tmp_path / "flaky.yaml", tiny_sweep(sweep_zoo, num_samples=2, max_failures=1))
     assert loss_combo_main(["--config", str(config), "--results", str(results)], train_fn=_raising_once(1)) == 0
     trials = _check_finished(results / "flaky", 2, 2)
     assert all((results / "flaky" / engine.TRIALS / t / "raised-once").exists() for t in trials)
     assert capsys.readouterr().out.count("retrying it from its last checkpoint") == 2
 
     # Out of retries, the trial fails the sweep; the same command again resumes it.
-    config = _write(tmp_path / "broken.yaml", _config(sweep_zoo, num_samples=1, max_failures=0))
+    config = _write(tmp_path / "broken.yaml", tiny_sweep(sweep_zoo, num_samples=1, max_failures=0))
     args = ["--config", str(config), "--results", str(results)]
     assert loss_combo_main(args, train_fn=_raising_once(1)) == 1
     assert "1 trial(s) failed; run the same command again" in capsys.readouterr().err
@@ -238,7 +188,7 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(sweep_zoo, tmp_path,
 
 
 def _bad(tmp_path, **changes):
-    return _config(tmp_path / "zoo", **changes)
+    return tiny_sweep(tmp_path / "zoo", **changes)
 
 
 @pytest.mark.parametrize(
@@ -282,9 +232,9 @@ def test_bad_inputs_fail_before_ray_starts(tmp_path, capsys, main, make, message
 
 
 def test_an_existing_name_with_another_config_is_refused(sweep_zoo, tmp_path, capsys):
-    first = engine.load_sweep(LossComboSweep, _write(tmp_path / "a.yaml", _config(sweep_zoo)))
+    first = engine.load_sweep(LossComboSweep, _write(tmp_path / "a.yaml", tiny_sweep(sweep_zoo)))
     engine.prepare_folder(first, tmp_path / "results" / "taken")
-    other = _write(tmp_path / "b.yaml", _config(sweep_zoo, num_samples=5))
+    other = _write(tmp_path / "b.yaml", tiny_sweep(sweep_zoo, num_samples=5))
     args = ["--config", str(other), "--results", str(tmp_path / "results"), "--name", "taken"]
     assert loss_combo_main(args) == 2
     err = capsys.readouterr().err

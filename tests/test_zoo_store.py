@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from wsmerge.cnn import N_PARAMS, init_weights
 from wsmerge.zoo import (

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
-from wsmerge.data import MNIST, Split, load_mnist
+from wsmerge.data import MNIST, load_mnist
 from wsmerge.evaluate import EvalConfig, evaluate_merges, groups_of
 from wsmerge.files import atomic_write, write_json
 from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix

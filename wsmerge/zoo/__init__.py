@@ -11,10 +11,10 @@ trainer, the planner and the store work where Ray is not installed.
 
 from ._config import PROFILES, Job, TrainConfig, ZooConfig, class_key, parse_class_key, profile
 from ._plan import BuildPlan, plan_build, plan_groups, probe_rate, train_images
-from ._store import ZooStore, ZooStoreError, export_csv, load, load_init, read_csv, weights_matrix
+from ._store import MANIFEST, ZooStore, ZooStoreError, export_csv, load, load_init, read_csv, weights_matrix
 from ._train import EarlyStopping, ModelRecord, bin_sources, cyclic_lr, train_group
 
-_BUILDER = ("BuildOptions", "BuildReport", "build_zoo")
+_BUILDER = ("ActorsLost", "BuildOptions", "BuildReport", "build_zoo")
 
 
 def __getattr__(name: str):
@@ -26,7 +26,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "MANIFEST",
     "PROFILES",
+    "ActorsLost",
     "BuildOptions",
     "BuildPlan",
     "BuildReport",

@@ -2,20 +2,24 @@
 
 Each actor loads MNIST once (onto its GPU when it has one) and trains the job groups it is
 handed; the driver writes each finished model's shard atomically, so a build killed at
-any point resumes by skipping the shards already on disk. Zoo training is deliberately not
-a Tune sweep: thousands of short trials would spend hours in trial overhead.
+any point resumes by skipping the shards already on disk. An actor lost with its node
+hands its groups to the actors left, which train them from the start: the models come out
+the same (a model never depends on its group or its actor). Zoo training is deliberately
+not a Tune sweep: thousands of short trials would spend hours in trial overhead.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 import torch
 from tqdm.auto import tqdm
 
+from wsmerge.cluster import node_id, ray_session
 from wsmerge.data import load_mnist
 
 from ._config import Job, TrainConfig, ZooConfig
@@ -23,7 +27,7 @@ from ._plan import plan_groups, train_images
 from ._store import ZooStore
 from ._train import ModelRecord, train_group
 
-__all__ = ["BuildOptions", "BuildReport", "build_zoo"]
+__all__ = ["ActorsLost", "BuildOptions", "BuildReport", "build_zoo"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class BuildOptions:
     models_per_step: int = 4
     data_root: str | None = None
     progress: bool = True
+    address: str | None = None  # a Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)
 
     def __post_init__(self):
         if self.actors is not None and self.actors < 1:
@@ -55,6 +60,25 @@ class BuildReport:
     total: int
     skipped: int  # already done before this run
     trained: int
+    actors: dict[str, int] = field(default_factory=dict)  # Ray node id -> actors placed there
+    models: dict[str, int] = field(default_factory=dict)  # Ray node id -> models it trained
+    gpus: dict[str, list] = field(default_factory=dict)  # Ray node id -> GPU ids its actors got
+    lost: list[str] = field(default_factory=list)  # jobs whose actor died, trained again elsewhere
+
+    def placement(self) -> str:
+        """Where the models were trained, a line per node (empty when none was)."""
+        lines = []
+        for node in sorted(self.actors):
+            gpus = sorted({g for g in self.gpus.get(node, []) if g is not None})
+            lines.append(f"  node {node[:8]}: {self.actors[node]} actors{f' on GPUs {gpus}' if gpus else ''}, "
+                         f"{self.models.get(node, 0)} models")
+        if self.lost:
+            lines.append(f"  {len(self.lost)} models whose actor was lost (a node gone) were trained again by others")
+        return "\n".join(lines)
+
+
+class ActorsLost(RuntimeError):
+    """Every actor of a build died (their nodes gone) with models still to train."""
 
 
 @ray.remote
@@ -65,18 +89,29 @@ class ZooWorker:
         self.data = load_mnist(data_root).to(self.device)
         self.train = train
 
+    def where(self) -> tuple[str, list]:
+        """The node and the GPU ids Ray gave this actor."""
+        return node_id(), [str(g) for g in ray.get_gpu_ids()]
+
     def train_jobs(self, jobs: list[Job]) -> list[ModelRecord]:
         return train_group(jobs, self.data, self.train)
+
+
+def _fits(res: dict, opts: BuildOptions) -> int:
+    n = res.get("CPU", 0) // opts.cpus_per_actor
+    if opts.gpus_per_actor > 0:
+        n = min(n, res.get("GPU", 0) // opts.gpus_per_actor)
+    return int(n)
 
 
 def _n_actors(opts: BuildOptions, n_groups: int) -> int:
     res = ray.available_resources()
     cpus, gpus = res.get("CPU", 0), res.get("GPU", 0)
-    fits = cpus // opts.cpus_per_actor
-    if opts.gpus_per_actor > 0:
-        fits = min(fits, gpus // opts.gpus_per_actor)
-        if fits < 1:
-            raise ValueError(f"gpus_per_actor={opts.gpus_per_actor} but the Ray cluster has {gpus:g} free GPUs")
+    # An actor lives on one node: count what each node holds, capped by what is free now.
+    fits = min(_fits(res, opts), sum(_fits(n["Resources"], opts) for n in ray.nodes() if n["Alive"]))
+    if opts.gpus_per_actor > 0 and fits < 1:
+        raise ValueError(f"gpus_per_actor={opts.gpus_per_actor} but no node of the Ray cluster has that much "
+                         f"free ({gpus:g} GPUs free in all)")
     if opts.actors is None:
         return max(1, min(int(fits), n_groups))
     n = min(opts.actors, n_groups)
@@ -100,17 +135,8 @@ def build_zoo(config: ZooConfig, out: str | os.PathLike, opts: BuildOptions = Bu
         return report
     images = train_images(pending, config.train, load_mnist(opts.data_root))
     groups = plan_groups(pending, opts.models_per_step, images)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()  # join the cluster (ray up cluster/gpu.yaml) as it is configured
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(opts.address):
         _run(store, groups, images, opts, report)
-    finally:
-        if started_ray:
-            ray.shutdown()
     return report
 
 
@@ -118,20 +144,28 @@ def _run(store: ZooStore, groups: list[list[Job]], images: dict[Job, int], opts:
          report: BuildReport) -> None:
     n = _n_actors(opts, len(groups))
     threads = max(1, int(opts.cpus_per_actor))
+    # SPREAD: on a cluster, one actor per GPU across the nodes before two share one.
     actors = [
-        ZooWorker.options(num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_actor).remote(
-            store.config.train, opts.data_root, threads
-        )
+        ZooWorker.options(
+            num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_actor, scheduling_strategy="SPREAD"
+        ).remote(store.config.train, opts.data_root, threads)
         for _ in range(n)
     ]
+    where = dict(zip(actors, ray.get([a.where.remote() for a in actors])))
+    for node, gpus in where.values():
+        report.actors[node] = report.actors.get(node, 0) + 1
+        report.gpus.setdefault(node, []).extend(gpus)
+    models = Counter()
     # Longest groups first (a group's step count is its largest member's): a 10-class
     # model started last would leave the other actors idle while it trains.
     queue = sorted(groups, key=lambda g: (max(images[j] for j in g), len(g)))
-    in_flight: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
+    in_flight: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, list[Job]]] = {}
+    alive = set(actors)
 
     def submit(actor):
-        if queue:
-            in_flight[actor.train_jobs.remote(queue.pop())] = actor
+        if queue and actor in alive:
+            group = queue.pop()
+            in_flight[actor.train_jobs.remote(group)] = (actor, group)
 
     # Two groups per actor keep it busy while the driver writes the previous result.
     for actor in actors * 2:
@@ -143,13 +177,41 @@ def _run(store: ZooStore, groups: list[list[Job]], images: dict[Job, int], opts:
     try:
         while in_flight:
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            actor = in_flight.pop(ref)
-            records = ray.get(ref)
+            actor, group = in_flight.pop(ref)
+            try:
+                records = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                # Its node is gone (or the actor crashed): the group goes to the actors left,
+                # next in line; the actor's other group comes back here the same way.
+                alive.discard(actor)
+                queue.append(group)
+                report.lost.extend(j.id for j in group)
+                tqdm.write(f"zoo: an actor on node {where[actor][0][:8]} was lost ({type(e).__name__}); "
+                           f"its {len(group)} models go to the {len(alive)} actors left")
+                if not alive:
+                    built = report.skipped + sum(models.values())
+                    raise ActorsLost(
+                        f"every actor was lost; {report.total - built} models are not trained yet: run the same "
+                        f"command again to train them (the {built} built are kept)"
+                    ) from e
+                _fill(alive, in_flight, submit)
+                continue
             for record in records:
                 store.write(record)
+            models[where[actor][0]] += len(records)
             bar.update(len(records))
             submit(actor)
     finally:
         bar.close()
+        report.models.update(models)
         for actor in actors:
             ray.kill(actor)
+
+
+def _fill(alive: set, in_flight: dict, submit) -> None:
+    """Give each live actor with fewer than two groups in flight another one: requeued
+    work must not wait for a busy actor while another sits idle."""
+    busy = Counter(actor for actor, _ in in_flight.values())
+    for actor in list(alive):
+        for _ in range(2 - busy[actor]):
+            submit(actor)

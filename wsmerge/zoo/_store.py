@@ -27,6 +27,7 @@ from ._config import Job, ZooConfig, class_key, parse_class_key
 from ._train import ModelRecord, bin_sources
 
 __all__ = [
+    "MANIFEST",
     "ZooStoreError",
     "ZooStore",
     "export_csv",
@@ -36,6 +37,7 @@ __all__ = [
     "weights_matrix",
 ]
 
+MANIFEST = "manifest.json"
 FORMAT = "wsmerge-zoo"
 VERSION = 1
 # The training recipe's version: the same config trains other weights under another recipe
@@ -118,7 +120,7 @@ class ZooStore:
         self.root = Path(root)
         self.config = config
         self.shards = self.root / "shards"
-        self.manifest = self.root / "manifest.json"
+        self.manifest = self.root / MANIFEST
 
     # -- opening ---------------------------------------------------------------------------
     def open(self) -> "ZooStore":
@@ -211,9 +213,9 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
-    path = root / "manifest.json"
+    path = root / MANIFEST
     if not path.is_file():
-        raise ZooStoreError(f"{root}: no manifest.json, not a zoo directory")
+        raise ZooStoreError(f"{root}: no {MANIFEST}, not a zoo directory")
     try:
         m = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -266,7 +268,7 @@ def load(path: str | os.PathLike, require_complete: bool = True) -> pd.DataFrame
     weights come from, metrics, and `weights` (float32 [2464])."""
     root = Path(path)
     m = _read_manifest(root)
-    config = ZooConfig.from_dict(m["config"], f"{root / 'manifest.json'}: config")
+    config = ZooConfig.from_dict(m["config"], f"{root / MANIFEST}: config")
     n_rows = len(config.train.bins)
     expected = m["jobs"]
     present = {p.stem: p for p in (root / "shards").glob("*.parquet")}
