@@ -14,7 +14,9 @@ def tiny_run(zoo, out, **kw):
         pairs={"overlap": [0, 1], "split_by": "target", "epoch_bins": [2], "max_pairs_per_target": 2},
         losses={"mse": 1.0, "behavioral": 0.5},
         query_images=16,
-        evaluation={"images_per_class": 40, "finetune_steps": 10, "finetune_eval_every": 5, "bootstrap": 50},
+        # The merges of wsmerge.merges have tests of their own; the runs that score them say so.
+        evaluation={"images_per_class": 40, "finetune_steps": 10, "finetune_eval_every": 5, "bootstrap": 50,
+                    "merges": []},
         epochs=3,
         batch_size=8,
         lr=1e-3,
@@ -38,7 +40,7 @@ def tiny_sweep(zoo, **changes):
             "model": {"preset": "tiny", "d_model": 32, "d_ff": 64, "neck": 16},
             # The last bin, two class pairs a target: 6 train, 2 val and 2 test triples.
             "pairs": {"overlap": [0, 1], "split_by": "target", "epoch_bins": [2], "max_pairs_per_target": 2},
-            "evaluation": {"images_per_class": 20, "finetune_steps": 0, "bootstrap": 0},
+            "evaluation": {"images_per_class": 20, "finetune_steps": 0, "bootstrap": 0, "merges": []},
             "epochs": 2,
             "batch_size": 8,
         },

@@ -24,7 +24,15 @@ from wsmerge.evaluate import (
 
 C1, C2, C3 = (0, 1), (2, 3), (0, 1, 2, 3)
 PER_CLASS = 50
-NO_FT = EvalConfig(images_per_class=PER_CLASS, finetune_steps=0, bootstrap=50)
+
+
+def _classic(**kw):
+    """The classic baselines only: the merges of wsmerge.merges have tests of their own
+    (below and tests/test_merges_*.py), and their seconds per pair are timings."""
+    return EvalConfig(**{"merges": (), **kw})
+
+
+NO_FT = _classic(images_per_class=PER_CLASS, finetune_steps=0, bootstrap=50)
 
 
 def _train(mnist, classes, start, act="relu"):
@@ -215,7 +223,7 @@ def test_forgetting_is_zero_for_the_parents_on_their_own_classes(zoo):
 
 def test_baselines_equal_their_weights_computed_independently(zoo):
     w1, w2, init = zoo["w1"], zoo["w2"], zoo["init"]
-    cfg = EvalConfig(
+    cfg = _classic(
         images_per_class=PER_CLASS, finetune_steps=10, finetune_eval_every=5, bootstrap=0
     )
     res = _run(zoo, [(w1 + w2) / 2, w1 + w2 - init], cfg=cfg)
@@ -297,7 +305,7 @@ def test_collapse_flags_one_answer_and_flat_logits_as_numpy_counts_them(zoo):
 
 
 def test_finetuning_raises_an_untrained_cnn(zoo):
-    cfg = EvalConfig(
+    cfg = _classic(
         images_per_class=PER_CLASS,
         finetune_steps=60,
         finetune_lr=1e-2,
@@ -320,7 +328,7 @@ def test_catchup_of_the_target_is_step_zero(zoo):
     # Parents equal to the target on its own classes set the bar at the target's accuracy.
     w3 = zoo["w3"]
     m = zoo["mnist"]
-    cfg = EvalConfig(
+    cfg = _classic(
         images_per_class=PER_CLASS, finetune_steps=4, finetune_eval_every=2, bootstrap=0
     )
     res = evaluate_merges(
@@ -417,7 +425,7 @@ def test_mixed_activations_match_each_pair_alone(zoo):
 
 def test_deterministic_and_leaves_inputs_alone(zoo):
     m = zoo["mnist"]
-    cfg = EvalConfig(
+    cfg = _classic(
         images_per_class=20, finetune_steps=6, finetune_eval_every=3, bootstrap=20, seed=3
     )
     weights = [torch.stack([zoo[k], zoo["init"]]) for k in ("w3", "w1", "w2", "w3")] + [
@@ -464,7 +472,7 @@ def test_predict_matches_the_module_whatever_the_chunk(zoo, chunk):
 
 
 def test_results_do_not_depend_on_the_forward_chunk(zoo):
-    cfg = EvalConfig(images_per_class=20, finetune_steps=6, finetune_eval_every=3, bootstrap=0)
+    cfg = _classic(images_per_class=20, finetune_steps=6, finetune_eval_every=3, bootstrap=0)
     weights = [torch.stack([zoo[k], zoo["init"], zoo["w1"]]) for k in ("w3", "w1", "w2", "w3")]
     frames = [
         evaluate_merges(
@@ -479,14 +487,14 @@ def test_results_do_not_depend_on_the_forward_chunk(zoo):
 
 def test_accepts_generated_weights_that_require_grad(zoo):
     generated = zoo["w3"][None].clone().requires_grad_(True)
-    cfg = EvalConfig(images_per_class=20, finetune_steps=2, finetune_eval_every=1, bootstrap=0)
+    cfg = _classic(images_per_class=20, finetune_steps=2, finetune_eval_every=1, bootstrap=0)
     res = _run(zoo, generated, cfg=cfg)
     assert _row(res, 0, "generated")["agreement"] == 1.0
     assert generated.grad is None and generated.requires_grad
 
 
 def test_summary_keys(zoo):
-    cfg = EvalConfig(images_per_class=20, finetune_steps=4, finetune_eval_every=2, bootstrap=10)
+    cfg = _classic(images_per_class=20, finetune_steps=4, finetune_eval_every=2, bootstrap=10)
     summary = _run(
         zoo, [zoo["w3"], zoo["init"], zoo["w1"]], cfg=cfg, pair_loss=torch.tensor([1.0, 3.0, 2.0])
     ).summary()
@@ -581,7 +589,7 @@ def test_curve_points_match_a_shorter_run(zoo):
     ]
 
     def run(steps):
-        cfg = EvalConfig(
+        cfg = _classic(
             images_per_class=PER_CLASS,
             finetune_steps=steps,
             finetune_eval_every=4,
@@ -620,3 +628,89 @@ def test_a_cache_runs_the_baselines_once_and_changes_nothing(zoo, monkeypatch):
         pd.testing.assert_frame_equal(cached, plain)
         assert models_run == runs
     assert set(cache) == {"relu", "tanh"}
+
+
+# ---------------------------------------------------------------------------- the merges
+
+
+ALL_METHODS = ["generated", "copy1", "copy2", "average", "task_arithmetic", "rebasin", "ties", "dare", "rebasin_act",
+               "fisher", "regmean", "zipit", "distill", "ensemble", "target"]
+
+
+def test_every_merge_is_a_method_scored_on_the_same_pairs(zoo):
+    from wsmerge.merges import dare, rebasin, ties
+
+    cfg = EvalConfig(images_per_class=PER_CLASS, finetune_steps=4, finetune_eval_every=2, bootstrap=0,
+                     merge_images=16)
+    res = _run(zoo, [zoo["w3"], zoo["init"]], cfg=cfg)
+    assert res.per_pair[res.per_pair["pair"] == 0]["method"].tolist() == ALL_METHODS
+    w1, w2, init = (zoo[k].expand(2, -1) for k in ("w1", "w2", "init"))
+    # The data-free merges, computed here from the weights alone, score what the frame says.
+    for name, w in (("rebasin", rebasin(w1, w2)), ("ties", ties(w1, w2, init)),
+                    ("dare", dare(w1, w2, init, generator=torch.Generator().manual_seed(cfg.seed)))):
+        for pair in (0, 1):
+            assert _row(res, pair, name)["acc_in"] == pytest.approx(_module_acc(w[pair], C3, zoo["mnist"].val)), name
+    for name in ALL_METHODS[5:13]:
+        row = _row(res, 0, name)
+        assert np.isfinite(row[["acc_in", "acc_out", "agreement", "ft_acc_in", "logit_spread"]].astype(float)).all()
+        assert row["merge_seconds"] > 0, name
+        assert name in res.curves
+    # A timing is not a result: summaries (and so resumed runs) compare equal without it.
+    assert not any("seconds" in k for k in res.summary())
+    # Every weight method but the target is fine-tuned; the ensemble is two CNNs, never tuned.
+    ensemble = _row(res, 0, "ensemble")
+    assert np.isnan(ensemble["ft_acc_in"]) and np.isnan(ensemble["logit_spread"]) and "ensemble" not in res.curves
+    assert np.isnan(_row(res, 0, "copy1")["merge_seconds"])
+
+
+def test_the_ensemble_is_the_more_confident_parent_on_its_own_classes(zoo):
+    res = _run(zoo, [zoo["w3"]], cfg=_classic(images_per_class=PER_CLASS, finetune_steps=0, bootstrap=0,
+                                                merges=("ensemble",)))
+    m = zoo["mnist"]
+    idx = m.val.indices(range(10), PER_CLASS)
+    images, labels = m.val.images[idx], m.val.labels[idx].numpy()
+    probs = []
+    for w, own in ((zoo["w1"], C1), (zoo["w2"], C2)):
+        net = CNN("relu")
+        net.load_state_dict(unflatten(w.clone()))
+        with torch.no_grad():
+            z = net(images).double().numpy()
+        p = np.zeros_like(z)
+        e = np.exp(z[:, own] - z[:, own].max(1, keepdims=True))
+        p[:, own] = e / e.sum(1, keepdims=True)
+        probs.append(p)
+    pred = np.maximum(*probs).argmax(1)
+    in3 = np.isin(labels, C3)
+    assert _row(res, 0, "ensemble")["acc_in"] == pytest.approx(100 * (pred == labels)[in3].mean())
+    assert _row(res, 0, "ensemble")["acc_out"] == pytest.approx(100 * (pred == labels)[~in3].mean())
+
+
+def test_a_cache_computes_the_merges_once(zoo, monkeypatch):
+    import wsmerge.evaluate as E
+    from wsmerge.merges import MERGES, Merge
+
+    calls = []
+    for name, merge in list(MERGES.items()):
+        monkeypatch.setitem(MERGES, name, Merge(lambda m, run=merge.run, name=name: calls.append(name) or run(m),
+                                                merge.needs_init, merge.needs_steps, merge.data_free))
+    cfg = EvalConfig(images_per_class=20, finetune_steps=0, bootstrap=0, merge_images=8)
+    cache: dict = {}
+    first = _run(zoo, [zoo["w3"], zoo["init"]], cfg=cfg, cache=cache).per_pair
+    assert sorted(calls) == sorted(set(MERGES) - {"distill"})  # no fine-tuning budget, no distillation
+    calls.clear()
+    again = _run(zoo, [zoo["w1"], zoo["init"]], cfg=cfg, cache=cache).per_pair
+    assert calls == []
+    baselines = first["method"] != "generated"
+    cols = ["acc_in", "acc_out", "agreement", "collapsed"]
+    pd.testing.assert_frame_equal(again.loc[baselines, cols], first.loc[baselines, cols])
+    assert E.METHODS[-2:] == ("ensemble", "target")
+
+
+def test_unknown_or_repeated_merges_are_rejected():
+    with pytest.raises(ValueError, match="EvalConfig.merges: unknown \\['zipit2'\\]"):
+        EvalConfig(merges=("zipit2",))
+    with pytest.raises(ValueError, match="named twice"):
+        EvalConfig(merges=("ties", "ties"))
+    with pytest.raises(ValueError, match="merge_images"):
+        EvalConfig(merge_images=0)
+    assert EvalConfig.from_dict({"merges": ["ties", "ensemble"]}).merges == ("ties", "ensemble")

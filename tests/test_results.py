@@ -32,12 +32,15 @@ from wsmerge.train import RunConfig
 
 N_PAIRS = 8
 TARGETS = ("0-1-2", "0-1-3", "0-2-3", "1-2-3")  # two test pairs each
-METHODS = ("generated", "copy1", "copy2", "average", "task_arithmetic", "target")
+# A data-free merge below the average, one using images above it, the ensemble (never fine-tuned).
+METHODS = ("generated", "copy1", "copy2", "average", "task_arithmetic", "ties", "fisher", "ensemble", "target")
+SECONDS = {"ties": 0.001, "fisher": 0.02}
 PER_PAIR = ("acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement", "logit_spread")
 EXACT = ("mse", "behavioral", "fisher", "contrastive")  # contrastive: skipped, as train skips it
 SKIP_REASON = "does not compare generated with target weights (depends_on_pred=False)"
 # The same test pairs in every trial: the baselines do not depend on the trial.
-BASE_ACC = {"copy1": 45.0, "copy2": 47.0, "average": 50.0, "task_arithmetic": 44.0, "target": 90.0}
+BASE_ACC = {"copy1": 45.0, "copy2": 47.0, "average": 50.0, "task_arithmetic": 44.0, "ties": 40.0, "fisher": 60.0,
+            "ensemble": 70.0, "target": 90.0}
 PNG = b"\x89PNG\r\n\x1a\n"
 FILES = {
     "trials.parquet", "ranking.csv", "ranking.md", "ranking.png", "loss_predictiveness.csv",
@@ -86,8 +89,9 @@ def _test_pairs(rng, mix, shift):
             row.update({k: acc + rng.normal() for k in PER_PAIR})
             row["acc_in"] = acc
             row.update(collapsed=False, catchup_steps=2.0 if m != "target" and p % 3 else np.nan)
-            if m != "target":
+            if m not in ("target", "ensemble"):
                 row.update(ft_acc_in=acc + 5, ft_acc_out=1.0, ft_drop=0.0, ft_stable=True)
+            row["merge_seconds"] = SECONDS.get(m, np.nan)
             rows.append(row)
     frame = pd.DataFrame(rows)
     gen = frame["method"] == "generated"
@@ -300,7 +304,13 @@ def test_ranking_md_shows_paired_differences_with_their_unit(built):
              f"p={first['vs_best_p']:.2g} (average)")
     assert "| 1 | 0.80·behavioral + 0.30·mse | 0.002 |" in table[0] and shown in table[0]
     assert "− best data-free [CI] p" in text and "− target [CI] p" in text
-    assert "| average | 49.5 | data-free |" in text  # the baselines' own accuracy, once
+    # The baselines' own accuracy, once, before and after fine-tuning, and the top trial against each.
+    average = next(line for line in text.splitlines() if line.startswith("| average |"))
+    assert average.startswith(f"| average | 49.5 | {first['average_ft_acc_in']:.1f} | +{first['vs_average']:.1f} [")
+    assert average.endswith("| – | data-free |")
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["ties"].endswith("| 0.001 | data-free |") and rows["fisher"].endswith("| 0.020 | uses training images |")
+    assert rows["ensemble"].startswith("| ensemble | 69.5 | – |") and rows["ensemble"].endswith("two CNNs (predictions) |")
     assert "## Parameter importances" in text and "| lr |" in text
     for png in ("ranking.png", "loss_vs_accuracy.png", "learning_curves.png", "param_importances.png"):
         assert f"]({png})" in text

@@ -73,7 +73,9 @@ def _check_finished(folder, n, epochs, stopped=False):
 def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, tmp_path, ray_local, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # offline all the same: the config says so
     asha = {"kind": "asha", "grace_period": 1, "reduction_factor": 2}
-    config = _write(tmp_path / "sweep.yaml", tiny_sweep(sweep_zoo, scheduler=asha, repeat={"top": 1, "seeds": [1]}))
+    cfg = tiny_sweep(sweep_zoo, scheduler=asha, repeat={"top": 1, "seeds": [1]})
+    del cfg["run"]["evaluation"]["merges"]  # every merge, as by default: the ranking shows them
+    config = _write(tmp_path / "sweep.yaml", cfg)
     args = ["--config", str(config), "--results", str(tmp_path / "results"), "--name", "e2e"]
     assert loss_combo_main(args) == 0
     folder = tmp_path / "results" / "e2e"
@@ -101,6 +103,9 @@ def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, t
     assert repeated["trial"].tolist() == [best] and repeated["seeds"].tolist() == ["0 1"]
     assert json.loads((folder / "repeats" / best / "seed-1" / "result.json").read_text())["config"]["seed"] == 1
     assert repeated.loc[0, "acc_in/n"] == 2 and "## Across seeds" in (folder / "ranking.md").read_text()
+    # Beside the mixes, every merge on the same test pairs, with what it costs.
+    shown = {line.split(" | ")[0].strip("| ") for line in (folder / "ranking.md").read_text().splitlines()}
+    assert {"rebasin", "ties", "dare", "rebasin_act", "fisher", "regmean", "zipit", "ensemble"} <= shown
 
     # The same command again: nothing left to run, nothing run twice.
     files = lambda: {p: p.read_bytes() for d in (engine.TRIALS, "repeats") for p in (folder / d).rglob("*")  # noqa: E731

@@ -25,6 +25,8 @@ __all__ = [
     "LAYER_SHAPES",
     "N_PARAMS",
     "MAX_MODEL_IMAGES",
+    "HIDDEN_SIZES",
+    "HIDDEN_UNITS",
     "CNN",
     "activation_fn",
     "batched_forward",
@@ -35,6 +37,7 @@ __all__ = [
     "forward_chunks",
     "init_weights",
     "layer_slices",
+    "permute_units",
     "unflatten",
 ]
 
@@ -76,6 +79,44 @@ def layer_slices() -> dict[str, slice]:
 
 
 _SLICES = layer_slices()
+
+# Hidden layers whose units can be permuted without changing the function (max-pooling and
+# the activations act channel-wise): (producer tensors, consumer weight, unit size in the
+# consumer's input dimension). conv3's 4 channels feed fc1 as 4 blocks of 3×3 = 9 columns.
+HIDDEN_UNITS: tuple[tuple[tuple[str, ...], str, int], ...] = (
+    (("conv1.weight", "conv1.bias"), "conv2.weight", 1),
+    (("conv2.weight", "conv2.bias"), "conv3.weight", 1),
+    (("conv3.weight", "conv3.bias"), "fc1.weight", 9),
+    (("fc1.weight", "fc1.bias"), "fc2.weight", 1),
+)
+HIDDEN_SIZES: tuple[int, ...] = tuple(dict(LAYER_SHAPES)[producers[0]][0] for producers, _, _ in HIDDEN_UNITS)
+
+
+def permute_units(weights: torch.Tensor, perms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[B, 2464] CNNs with their hidden units reordered: perms[k] [B, HIDDEN_SIZES[k]] (or
+    [HIDDEN_SIZES[k]] for every row) says, for hidden layer k, which old unit each new unit
+    is. The function computed is unchanged. One gather on the weights' device."""
+    if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
+        raise ValueError(f"weights must be [B, {N_PARAMS}], got {tuple(weights.shape)}")
+    if len(perms) != len(HIDDEN_UNITS):
+        raise ValueError(f"one permutation per hidden layer ({len(HIDDEN_UNITS)}), got {len(perms)}")
+    b = weights.shape[0]
+    # Where each output position takes its value from: the permutations applied to positions.
+    idx = {k: v.expand(b, *v.shape) for k, v in unflatten(torch.arange(N_PARAMS)).items()}
+    for (producers, consumer, unit), n, perm in zip(HIDDEN_UNITS, HIDDEN_SIZES, perms, strict=True):
+        perm = perm.cpu().long().expand(b, n)
+        for name in producers:
+            idx[name] = _take(idx[name], 1, perm)
+        idx[consumer] = _take(idx[consumer], 2, (perm[:, :, None] * unit + torch.arange(unit)).reshape(b, -1))
+    source = torch.cat([t.reshape(b, -1) for t in idx.values()], dim=1)
+    return weights.gather(1, source.to(weights.device))
+
+
+def _take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """t [B, ...] indexed along `dim` by a per-row index [B, n]."""
+    shape = [t.shape[0]] + [1] * (t.dim() - 1)
+    shape[dim] = index.shape[1]
+    return t.gather(dim, index.view(shape).expand(*t.shape[:dim], index.shape[1], *t.shape[dim + 1:]))
 
 
 def check_activation(name: str) -> str:

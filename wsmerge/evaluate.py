@@ -15,13 +15,18 @@ and the classic baselines are scored side by side, on the same images:
 
 Baselines: `copy1`, `copy2`, `average` ((w1 + w2) / 2), `task_arithmetic`
 (init + (w1 − init) + (w2 − init), only when the pairs' shared epoch-0 weights are given),
-and `target` (CNN3 itself, the ceiling). Every method of every pair of one activation runs
-through one batched functional forward (`wsmerge.cnn.batched_forward`).
+the merges of `wsmerge.merges` that `EvalConfig.merges` names (Re-Basin, TIES, DARE, Fisher,
+RegMean, ZipIt!, distillation: each computed on the same pairs, from unlabeled training
+images where it needs them, its seconds per pair recorded), the parents' `ensemble`
+(predictions only: not one CNN, never fine-tuned) and `target` (CNN3 itself, the ceiling).
+Every CNN of every pair of one activation runs through one batched functional forward
+(`wsmerge.cnn.batched_forward`).
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +41,7 @@ from scipy import stats
 from wsmerge.cnn import N_PARAMS, batched_forward, check_activation, forward_chunks
 from wsmerge.config import check_int, check_number, from_dict
 from wsmerge.data import N_CLASSES, Split, check_classes
+from wsmerge.merges import ENSEMBLE, MERGES, MergeInputs, ensemble_predict
 from wsmerge.intervals import UNITS, bootstrap_mean, bootstrap_statistic, paired_difference
 
 __all__ = [
@@ -53,13 +59,30 @@ __all__ = [
     "stability",
 ]
 
-METHODS: tuple[str, ...] = ("generated", "copy1", "copy2", "average", "task_arithmetic", "target")
+# Every method in the order of the per-pair frame: the weight methods (all fine-tuned) lead,
+# then the ensemble, then the target.
+METHODS: tuple[str, ...] = (
+    "generated", "copy1", "copy2", "average", "task_arithmetic", *MERGES, ENSEMBLE, "target"
+)
+_CLASSIC = ("generated", "copy1", "copy2", "average", "task_arithmetic")
 
 # Columns of `EvalResult.per_pair` that `summary()` averages over pairs.
 _PRED_METRICS = (
     "acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement", "logit_spread"
 )
 _FT_METRICS = ("ft_acc_in", "ft_acc_out", "ft_drop")
+
+
+def _check_merges(names: Any) -> tuple[str, ...]:
+    known = (*MERGES, ENSEMBLE)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"EvalConfig.merges must be a list of merge names, got {names!r}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"EvalConfig.merges: unknown {unknown}; known: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"EvalConfig.merges: a merge named twice in {list(names)}")
+    return tuple(names)
 
 
 def _check_unit(unit: Any) -> str:
@@ -91,6 +114,10 @@ class EvalConfig:
     # A logit_spread below this flags a collapsed CNN. Random kaiming-initialised CNNs spread
     # their logits by 0.2–0.7 over C3's images; at 0.01 the softmax moves by about 1%.
     collapse_tol: float = 1e-2
+    # The merges of wsmerge.merges scored beside the classic baselines (and `ensemble`), and
+    # the unlabeled training images each parent's classes lend those that use images.
+    merges: tuple[str, ...] = (*MERGES, ENSEMBLE)
+    merge_images: int = 64
 
     def __post_init__(self):
         ipc = self.images_per_class
@@ -111,6 +138,8 @@ class EvalConfig:
             if self.forward_chunk is None
             else check_int(self.forward_chunk, "EvalConfig.forward_chunk", 1),
             "collapse_tol": check_number(self.collapse_tol, "EvalConfig.collapse_tol", 0),
+            "merges": _check_merges(self.merges),
+            "merge_images": check_int(self.merge_images, "EvalConfig.merge_images", 1),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -120,7 +149,7 @@ class EvalConfig:
         return from_dict(cls, d, where)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "merges": list(self.merges)}
 
 
 @dataclass
@@ -333,7 +362,7 @@ def _validate(generated, w1, w2, w3, init, pair_loss, c1, c2, activations, split
             raise ValueError(f"{name} must be a wsmerge.data.Split, got {type(s).__name__}")
     used = set().union(*sets1, *sets2)
     _require_classes("split", split, used)
-    if cfg.finetune_steps:
+    if cfg.finetune_steps or any(not MERGES[m].data_free for m in cfg.merges if m in MERGES):
         _require_classes("train", train, used)
     return sets1, sets2, acts, loss
 
@@ -452,8 +481,9 @@ def _numpy(d: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.cpu().numpy() for k, v in d.items()}
 
 
-def _stack_methods(methods: Sequence[str], generated, w1, w2, w3, init) -> torch.Tensor:
-    """[n_methods, P, N_PARAMS] float32, in `methods` order."""
+def _stack_methods(methods: Sequence[str], generated, w1, w2, w3, init, merged: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """[n, P, N_PARAMS] float32: the weight methods of `methods` in order (not the ensemble);
+    merged: the weights of the wsmerge.merges methods."""
     build = {
         "generated": lambda: generated,
         "copy1": lambda: w1,
@@ -461,8 +491,40 @@ def _stack_methods(methods: Sequence[str], generated, w1, w2, w3, init) -> torch
         "average": lambda: (w1 + w2) / 2,
         "task_arithmetic": lambda: init + (w1 - init) + (w2 - init),
         "target": lambda: w3,
+        **{name: (lambda w=w: w) for name, w in merged.items()},
     }
-    return torch.stack([build[m]().detach().float() for m in methods])
+    return torch.stack([build[m]().detach().float() for m in methods if m != ENSEMBLE])
+
+
+def _merge_group(
+    names: Sequence[str], w1, w2, init, in1, in2, activation, train: Split, cfg: EvalConfig, gen: torch.Generator
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The wsmerge.merges methods `names` on one activation's pairs: their weights [P, D] and
+    the seconds each took per pair. Their images: `cfg.merge_images` training images of each
+    parent's classes (and of C3), and for distillation the fine-tuning budget's batches of C3
+    images, all drawn from `gen`."""
+    if not names:
+        return {}, {}
+    device = w1.device
+    pool = train.images.to(device)
+
+    def draw(mask: torch.Tensor) -> torch.Tensor:
+        return pool[_sample_batches(train, mask, 1, cfg.merge_images, gen)[:, 0].to(device)]
+
+    in3 = in1 | in2
+    inputs = MergeInputs(
+        w1=w1, w2=w2, init=init, in1=in1, in2=in2, activation=activation,
+        images1=draw(in1), images2=draw(in2), images3=draw(in3),
+        batches=_sample_batches(train, in3, cfg.finetune_steps, cfg.finetune_batch, gen).to(device),
+        pool=pool, lr=cfg.finetune_lr, seed=cfg.seed,
+    )
+    weights, seconds = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        with torch.enable_grad():  # Fisher differentiates; evaluate_merges runs under no_grad
+            weights[name] = MERGES[name].run(inputs).detach().to(device=device, dtype=torch.float32)
+        seconds[name] = (time.perf_counter() - start) / w1.shape[0]
+    return weights, seconds
 
 
 def _sample_batches(
@@ -583,28 +645,38 @@ def _finetune_group(tuned, activation, in1, in2, images, labels, acc0, train, cf
 
 
 def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train, cfg, gen, cache=None):
-    """All methods × pairs of one activation; stack [n_methods, P, D] in `methods` order, the
-    target last. Returns metric → [n_methods, P] (ft_* for the fine-tuned methods only, which
-    lead) and the fine-tuning curves [n_methods − 1, P, n_evals] (None without fine-tuning).
-    cache: the baselines' predictions of an earlier call on the same pairs and images, under
-    `activation` (read, or written when absent); only the generated CNNs are run again."""
-    n_methods, n_pairs, d = stack.shape
+    """All methods × pairs of one activation; stack [n, P, D]: the weight methods of `methods`
+    in order, the target last (only "generated" when the cache holds this activation and
+    nothing is fine-tuned). Returns metric → [n_methods, P] (ft_* for the fine-tuned weight
+    methods only, which lead) and the fine-tuning curves [n_tuned, P, n_evals] (None without
+    fine-tuning). cache: the baselines' predictions of an earlier call on the same pairs and
+    images, under `activation` (read, or written when absent); only the generated CNNs are
+    run again."""
+    n_methods, (n_pairs, d) = len(methods), stack.shape[1:]
+    weight_methods = [m for m in methods if m != ENSEMBLE]
     in3 = (in1 | in2)[:, labels]
     # "generated" leads `methods`: the rows after it are the baselines, fixed for a split.
-    run = 1 if cache is not None and activation in cache else n_methods
+    cached = cache is not None and activation in cache
+    run = 1 if cached else len(weight_methods)
     preds, spread = _predict_with_spread(
         stack[:run].reshape(-1, d), images, activation, in3.repeat(run, 1), cfg.forward_chunk
     )
     preds, spread = preds.view(run, n_pairs, -1), spread.view(run, n_pairs)
+    if not cached and ENSEMBLE in methods:
+        at = methods.index(ENSEMBLE)
+        logits = [_logits(stack[weight_methods.index(c)], images, activation, cfg.forward_chunk) for c in ("copy1", "copy2")]
+        preds = torch.cat([preds[:at], ensemble_predict(*logits, in1, in2)[None], preds[at:]])
+        spread = torch.cat([spread[:at], spread.new_full((1, n_pairs), math.nan), spread[at:]])
     if cache is not None:
-        if run == 1:
+        if cached:
             preds, spread = torch.cat([preds, cache[activation][0]]), torch.cat([spread, cache[activation][1]])
         else:
             cache[activation] = (preds[1:], spread[1:])
     out = _numpy(_accuracies(preds, labels, in1, in2))
     out["agreement"] = (_percent(preds == preds[-1], in3) / 100).cpu().numpy()
     out["logit_spread"] = spread.cpu().numpy()
-    # Collapsed: one answer for all of C3's images, or logits too flat to tell them apart.
+    # Collapsed: one answer for all of C3's images, or logits too flat to tell them apart
+    # (NaN spread, the ensemble's, compares False).
     first = preds.gather(-1, in3.int().argmax(1).expand(n_methods, -1)[..., None])
     one_answer = ((preds == first) | ~in3).all(-1)
     out["collapsed"] = (one_answer | (spread < cfg.collapse_tol)).cpu().numpy()
@@ -613,17 +685,26 @@ def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train,
     out["forget_c1"], out["forget_c2"] = own1 - out["acc_c1"], own2 - out["acc_c2"]
     bar = (own1 + own2) / 2
     out["parents_acc"] = np.tile(bar, (len(methods), 1))
-    # Without fine-tuning (the target, or finetune_steps = 0) only step 0 can catch up.
+    # Without fine-tuning (the ensemble, the target, or finetune_steps = 0) only step 0 can catch up.
     out["catchup_steps"] = np.stack([catchup_steps(a[:, None], [0], bar) for a in out["acc_in"]])
     if not cfg.finetune_steps:
         return out, None
-    acc0 = out["acc_in"][:-1]
+    n_tuned = len(weight_methods) - 1
+    acc0 = out["acc_in"][:n_tuned]
     curves, ft = _finetune_group(
-        stack[:-1], activation, in1, in2, images, labels, acc0, train, cfg, gen
+        stack[:n_tuned], activation, in1, in2, images, labels, acc0, train, cfg, gen
     )
     out.update(ft)
-    out["catchup_steps"][:-1] = np.stack([catchup_steps(c, _step_grid(cfg), bar) for c in curves])
+    out["catchup_steps"][:n_tuned] = np.stack([catchup_steps(c, _step_grid(cfg), bar) for c in curves])
     return out, curves
+
+
+def _logits(weights: torch.Tensor, images: torch.Tensor, activation: str, chunk: int | None) -> torch.Tensor:
+    """[M, N, 10] logits of M models on shared images, in `predict`'s chunks."""
+    out = torch.empty(weights.shape[0], images.shape[0], 10, device=weights.device)
+    for ms, ns, logits in _forward_chunks(weights, images, activation, chunk):
+        out[ms, ns] = logits
+    return out
 
 
 def _class_string(classes: tuple[int, ...]) -> str:
@@ -644,7 +725,8 @@ def _frame(methods, metrics, sets1, sets2, acts, loss) -> pd.DataFrame:
     }
     if loss is not None:
         cols["pair_loss"] = loss[pair]
-    for name in ("parents_acc", *_PRED_METRICS, "collapsed", "catchup_steps", *_FT_METRICS, "ft_stable"):
+    for name in ("parents_acc", *_PRED_METRICS, "collapsed", "catchup_steps", *_FT_METRICS, "ft_stable",
+                 "merge_seconds"):
         if name in metrics:
             cols[name] = metrics[name].T.reshape(-1)
     frame = pd.DataFrame(cols)
@@ -687,23 +769,37 @@ def evaluate_merges(
         generated, w1, w2, w3, init, pair_loss, c1, c2, activations, split, train, cfg
     )
     device, n_pairs = generated.device, len(acts)
-    methods = [m for m in METHODS if m != "task_arithmetic" or init is not None]
+    merges = [m for m in MERGES if m in cfg.merges and MERGES[m].available(init is not None, cfg.finetune_steps)]
+    methods = [
+        m for m in METHODS
+        if (m in _CLASSIC and (m != "task_arithmetic" or init is not None))
+        or m in merges or (m == ENSEMBLE and m in cfg.merges) or m == "target"
+    ]
     in1, in2 = _membership(sets1, device), _membership(sets2, device)
     # Every digit is scored: C3's are in distribution, the others out of it.
     idx = split.indices(range(N_CLASSES), cfg.images_per_class)
     images, labels = split.images[idx].to(device), split.labels[idx].to(device)
     grid = _step_grid(cfg) if cfg.finetune_steps else np.zeros(0, dtype=int)
-    tuned = methods[:-1] if cfg.finetune_steps else []
+    tuned = [m for m in methods[:-1] if m != ENSEMBLE] if cfg.finetune_steps else []
     curves = {m: np.full((n_pairs, len(grid)), np.nan) for m in tuned}
-    metrics: dict[str, np.ndarray] = {}
+    metrics: dict[str, np.ndarray] = {"merge_seconds": np.full((len(methods), n_pairs), np.nan)}
     gen = torch.Generator().manual_seed(cfg.seed)
+    # Its own stream: the merges' images leave the fine-tuning batches as they were.
+    merge_gen = torch.Generator().manual_seed(cfg.seed + 1)
     for act in sorted(set(acts)):
         sel = [i for i, a in enumerate(acts) if a == act]
         rows = torch.tensor(sel, device=device)
         weights = [w.index_select(0, rows) for w in (generated, w1, w2, w3)]
-        stack = _stack_methods(
-            methods, *weights, None if init is None else init.index_select(0, rows)
-        )
+        group_init = None if init is None else init.index_select(0, rows)
+        if cache is not None and act in cache and not cfg.finetune_steps:
+            stack = weights[0][None].detach().float()  # the baselines' predictions are cached
+        else:
+            merged, seconds = _merge_group(
+                merges, weights[1], weights[2], group_init, in1[rows], in2[rows], act, train, cfg, merge_gen
+            )
+            stack = _stack_methods(methods, *weights, group_init, merged)
+            for name, sec in seconds.items():
+                metrics["merge_seconds"][methods.index(name), sel] = sec
         group, group_curves = _evaluate_group(
             methods, stack, act, in1[rows], in2[rows], images, labels, train, cfg, gen, cache
         )

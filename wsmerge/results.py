@@ -41,7 +41,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from wsmerge.evaluate import correlation, loss_accuracy_correlation
+from wsmerge.evaluate import METHODS, correlation, loss_accuracy_correlation
+from wsmerge.merges import ENSEMBLE, MERGES
 from wsmerge.intervals import bootstrap_mean, bootstrap_statistic, few_units_warning, paired_difference, unit_text
 from wsmerge.files import atomic_write
 from wsmerge.seeds import SEEDS_FILE, spread
@@ -75,9 +76,11 @@ TRIALS = "trials"
 REPEATS = "repeats"  # repeats/<trial id>/: the top trials trained again with other seeds
 
 COMPLETE, PARTIAL, EMPTY = "complete", "partial", "empty"
-BASELINES: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic", "target")
+BASELINES: tuple[str, ...] = tuple(m for m in METHODS if m != "generated")
 # The merges that need neither data nor training: a mix must beat the best of them to matter.
-DATA_FREE: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic")
+DATA_FREE: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic", *(m for m in MERGES if MERGES[m].data_free))
+# The baselines whose paired differences get a column of ranking.md (ranking.csv has them all).
+_MD_VS: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic", "target")
 # Run settings the sweep sets per trial (where it writes, how chatty, and how many epochs a
 # trial the scheduler stopped ran before its test), not hyperparameters.
 _NOT_SETTINGS = ("out", "progress", "epochs")
@@ -91,6 +94,8 @@ _RANKING_BASE = (
 )
 _RANKING_FT = ("ft_acc_in", "ft_acc_in_lo", "ft_acc_in_hi", "ft_vs_average", "ft_vs_average_lo", "ft_vs_average_hi",
                "ft_vs_average_p", "catchup_steps", "catchup_rate", "average_ft_acc_in")
+# Each baseline's fine-tuned acc_in and seconds per pair (the merges'), for the baselines table.
+_RANKING_METHODS = (*(f"{b}_ft_acc_in" for b in BASELINES), *(f"{b}_seconds" for b in BASELINES))
 _PLOT_RANKED = 30  # rows of ranking.png; beyond that the labels no longer fit a page
 _PLOT_SCATTER = 3
 _PLOT_CURVES = 5
@@ -324,11 +329,17 @@ def ranking(sweep: SweepTrials, n_boot: int = 1000, ci: float = 0.95, seed: int 
                 catchup_rate=gen["catchup_steps"].notna().mean(),
                 average_ft_acc_in=np.nanmean(average),
             )
+        for b, rows_b in by.items():
+            if b in BASELINES and "ft_acc_in" in rows_b and rows_b["ft_acc_in"].notna().any():
+                row[f"{b}_ft_acc_in"] = rows_b["ft_acc_in"].mean()
+            if b in MERGES and "merge_seconds" in rows_b and rows_b["merge_seconds"].notna().any():
+                row[f"{b}_seconds"] = rows_b["merge_seconds"].mean()
         row.update(best_epoch=t.result["best_epoch"], epochs=t.result["epochs"])
         row["stopped_early"] = t.result["stopped_early"]
         rows.append(row)
     ft = [c for c in _RANKING_FT if any(c in row for row in rows)]
-    order = [*_RANKING_BASE[:3], *searched, *_RANKING_BASE[3:13], *ft, *_RANKING_BASE[13:]]
+    methods = [c for c in _RANKING_METHODS if c not in _RANKING_FT and any(c in row for row in rows)]
+    order = [*_RANKING_BASE[:3], *searched, *_RANKING_BASE[3:13], *ft, *_RANKING_BASE[13:], *methods]
     if not rows:
         return pd.DataFrame(columns=order)
     table = pd.DataFrame(rows)
@@ -655,7 +666,7 @@ def ranking_markdown(rank: pd.DataFrame, top: int | None = None) -> str:
     compare by eye."""
     searched = [c for c in rank if c.startswith("config/")]
     ft = "ft_acc_in" in rank and rank["ft_acc_in"].notna().any()
-    others = [b for b in BASELINES if f"vs_{b}" in rank and rank[f"vs_{b}"].notna().any()]
+    others = [b for b in _MD_VS if f"vs_{b}" in rank and rank[f"vs_{b}"].notna().any()]
     header = ["#", "mix", *(c.removeprefix("config/") for c in searched), "acc_in [CI]",
               "− best data-free [CI] p", "forgetting"]
     header += ["ft_acc_in [CI]", "ft − average ft [CI] p", "catch-up steps", "catch-up rate"] if ft else []
@@ -693,11 +704,31 @@ def ranking_summary(rank: pd.DataFrame, ci: float = 0.95, top: int = 3) -> str:
     return "\n".join(lines + ([f"note: {warning}"] if warning else []))
 
 
+def _kind(method: str) -> str:
+    if method in DATA_FREE:
+        return "data-free"
+    if method in MERGES:
+        return "uses training images"
+    return "two CNNs (predictions)" if method == ENSEMBLE else "ceiling"
+
+
 def _baselines_md(rank: pd.DataFrame) -> str:
-    """The baselines' own test acc_in (the same for every trial that tested the same pairs)."""
-    rows = [[_short(b), _num(rank[b].median()), "data-free" if b in DATA_FREE else "ceiling"]
-            for b in BASELINES if rank[b].notna().any()]
-    return _md_table(["baseline", "test acc_in (median over trials)", "kind"], rows)
+    """The baselines' own test acc_in and fine-tuned acc_in, the top trial's paired difference
+    to each, and each merge's seconds per pair (the same for every trial that tested the
+    same pairs, hence medians over trials)."""
+    top = rank.iloc[0]
+    rows = []
+    for b in BASELINES:
+        if b not in rank or not rank[b].notna().any():
+            continue
+        ft, sec = f"{b}_ft_acc_in", f"{b}_seconds"
+        rows.append([
+            _short(b), _num(rank[b].median()), _num(rank[ft].median()) if ft in rank else "–",
+            _vs(top, f"vs_{b}") if f"vs_{b}" in top and pd.notna(top[f"vs_{b}"]) else "–",
+            _num(rank[sec].median(), ".3f") if sec in rank else "–", _kind(b),
+        ])
+    return _md_table(["baseline", "test acc_in", "after fine-tuning", f"#1 ({top['trial']}) − it [CI] p",
+                      "seconds per pair", "kind"], rows)
 
 
 def _counts(sweep: SweepTrials) -> str:
@@ -753,7 +784,11 @@ def _ranking_md(sweep: SweepTrials, rank: pd.DataFrame, repeated: pd.DataFrame, 
         searched = [c.removeprefix("config/") for c in rank if c.startswith("config/")]
         if searched:
             lines += [f"- Settings that differ between trials: {', '.join(searched)}."]
-        lines += ["", ranking_markdown(rank), "", "The baselines' own test acc_in:", "", _baselines_md(rank), ""]
+        lines += ["", ranking_markdown(rank), "",
+                  "The baselines on the same test pairs: their acc_in before and after the same fine-tuning, "
+                  "the top trial's paired difference to each, and what each merge costs. Data-free merges "
+                  "are bars any mix must clear; those using training images (of each parent's classes, "
+                  "unlabeled) and the parents' ensemble show what data buys:", "", _baselines_md(rank), ""]
         lines += _repeats_md(repeated)
     lines += ["## Parameter importances", ""]
     if importances:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..cnn import LAYER_SHAPES, N_PARAMS, unflatten
+from ..cnn import HIDDEN_SIZES, N_PARAMS, permute_units
 from ._common import probe_generator, rademacher
 from ._registry import register
 
@@ -149,16 +149,6 @@ def contrastive(pred, target, ctx, opt):
     return (per_view[:b] + per_view[b:]) / 2
 
 
-# Hidden layers whose units can be permuted: (producer tensors, consumer weight, unit size in
-# the consumer's input dimension). conv3's 4 channels feed fc1 as 4 blocks of 3×3 = 9 columns.
-_HIDDEN = (
-    (("conv1.weight", "conv1.bias"), "conv2.weight", 1),
-    (("conv2.weight", "conv2.bias"), "conv3.weight", 1),
-    (("conv3.weight", "conv3.bias"), "fc1.weight", 9),
-    (("fc1.weight", "fc1.bias"), "fc2.weight", 1),
-)
-
-
 def permute_neurons(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """[B, 2464] -> [B, 2464]: each CNN with its hidden units (conv channels, fc1 neurons)
     randomly permuted, a different permutation per row. The function computed is unchanged
@@ -170,25 +160,6 @@ def permute_neurons(weights: torch.Tensor, generator: torch.Generator | None = N
     slicing each row on a GPU took thousands of tiny kernels and copies a batch."""
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [B, {N_PARAMS}], got {tuple(weights.shape)}")
-    b = weights.shape[0]
-    perms = [[torch.randperm(_units(producers), generator=generator) for producers, _, _ in _HIDDEN] for _ in range(b)]
-    # Where each output position takes its value from: the permutations applied to positions.
-    idx = {k: v.expand(b, *v.shape) for k, v in unflatten(torch.arange(N_PARAMS)).items()}
-    for layer, (producers, consumer, unit) in enumerate(_HIDDEN):
-        perm = torch.stack([row[layer] for row in perms])  # [B, units]
-        for name in producers:
-            idx[name] = _take(idx[name], 1, perm)
-        idx[consumer] = _take(idx[consumer], 2, (perm[:, :, None] * unit + torch.arange(unit)).reshape(b, -1))
-    source = torch.cat([t.reshape(b, -1) for t in idx.values()], dim=1)
-    return weights.gather(1, source.to(weights.device))
-
-
-def _units(producers: tuple[str, ...]) -> int:
-    return dict(LAYER_SHAPES)[producers[0]][0]
-
-
-def _take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    """t [B, ...] indexed along `dim` by a per-row index [B, n]."""
-    shape = [t.shape[0]] + [1] * (t.dim() - 1)
-    shape[dim] = index.shape[1]
-    return t.gather(dim, index.view(shape).expand(*t.shape[:dim], index.shape[1], *t.shape[dim + 1:]))
+    # Drawn on the CPU, row by row and layer by layer, in the order of earlier versions.
+    perms = [[torch.randperm(n, generator=generator) for n in HIDDEN_SIZES] for _ in range(weights.shape[0])]
+    return permute_units(weights, [torch.stack([row[k] for row in perms]) for k in range(len(HIDDEN_SIZES))])
