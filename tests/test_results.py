@@ -309,7 +309,7 @@ def test_ranking_md_shows_paired_differences_with_their_unit(built):
     assert average.startswith(f"| average | 49.5 | {first['average_ft_acc_in']:.1f} | +{first['vs_average']:.1f} [")
     assert average.endswith("| – | data-free |")
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["ties"].endswith("| 0.001 | data-free |") and rows["fisher"].endswith("| 0.020 | uses training images |")
+    assert rows["ties"].endswith("| 0.001 | data-free |") and rows["fisher"].endswith("| 0.02 | uses training images |")
     assert rows["ensemble"].startswith("| ensemble | 69.5 | – |") and rows["ensemble"].endswith("two CNNs (predictions) |")
     assert "## Parameter importances" in text and "| lr |" in text
     for png in ("ranking.png", "loss_vs_accuracy.png", "learning_curves.png", "param_importances.png"):

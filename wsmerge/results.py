@@ -725,7 +725,7 @@ def _baselines_md(rank: pd.DataFrame) -> str:
         rows.append([
             _short(b), _num(rank[b].median()), _num(rank[ft].median()) if ft in rank else "–",
             _vs(top, f"vs_{b}") if f"vs_{b}" in top and pd.notna(top[f"vs_{b}"]) else "–",
-            _num(rank[sec].median(), ".3f") if sec in rank else "–", _kind(b),
+            _num(rank[sec].median(), ".2g") if sec in rank else "–", _kind(b),
         ])
     return _md_table(["baseline", "test acc_in", "after fine-tuning", f"#1 ({top['trial']}) − it [CI] p",
                       "seconds per pair", "kind"], rows)
