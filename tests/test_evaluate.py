@@ -714,3 +714,25 @@ def test_unknown_or_repeated_merges_are_rejected():
     with pytest.raises(ValueError, match="merge_images"):
         EvalConfig(merge_images=0)
     assert EvalConfig.from_dict({"merges": ["ties", "ensemble"]}).merges == ("ties", "ensemble")
+
+
+def test_merges_see_unlabeled_training_images_of_their_parents_classes_only(zoo, monkeypatch):
+    from wsmerge.merges import MERGES, Merge
+
+    seen = []
+    real = MERGES["fisher"]
+    monkeypatch.setitem(MERGES, "fisher", Merge(lambda m: seen.append(m) or real.run(m), real.needs_init,
+                                               real.needs_steps, real.data_free))
+    cfg = EvalConfig(images_per_class=20, finetune_steps=3, finetune_eval_every=3, bootstrap=0, merge_images=12,
+                     merges=("fisher",))
+    _run(zoo, [zoo["w3"], zoo["init"]], cfg=cfg)
+    (m,) = seen
+    m_train, m_val = zoo["mnist"].train, zoo["mnist"].val
+    label_of = {bytes(x.numpy()): int(y) for x, y in zip(m_train.images, m_train.labels)}
+    held_out = {bytes(x.numpy()) for x in m_val.images} | {bytes(x.numpy()) for x in zoo["mnist"].test.images}
+    for images, classes in ((m.images1, C1), (m.images2, C2), (m.images3, C3)):
+        assert images.shape[:2] == (2, 12)
+        keys = [bytes(x.numpy()) for x in images.flatten(0, 1)]
+        assert all(label_of.get(k) in classes for k in keys)  # training images of these classes
+        assert not held_out.intersection(keys)
+    assert torch.equal(m.pool, m_train.images)
