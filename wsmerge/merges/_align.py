@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..cnn import HIDDEN_SIZES, N_PARAMS, check_activation, permute_units, unflatten
-from ._features import LAYERS, layer_inputs
+from ..cnn import HIDDEN_SIZES, check_activation, permute_units, unflatten
+from ._features import LAYERS, _check_images, _check_weights, layer_inputs
 
 __all__ = ["MATCH_METHODS", "activation_matching", "rebasin", "weight_matching"]
 
@@ -36,7 +36,7 @@ def weight_matching(
     solves one linear assignment for one layer, the others held fixed, and is kept only if it
     raises the objective; the descent stops after a full pass without a change, or
     `max_iter` passes."""
-    _check_pair(w_ref, w, ("w_ref", "w"))
+    _check_weights(w_ref=w_ref, w=w)
     per_pair = [
         _match_weights(_numpy_layers(a), _numpy_layers(b), max_iter, seed) for a, b in zip(w_ref.detach(), w.detach())
     ]
@@ -51,8 +51,8 @@ def activation_matching(
     correlation of their outputs on the same images [P, N, 1, 28, 28]. A conv unit's samples
     are its outputs at every spatial position of every image. The layers are matched
     independently, as both models see the same images."""
-    _check_pair(w_ref, w, ("w_ref", "w"))
-    _check_images(images, w.shape[0])
+    _check_weights(w_ref=w_ref, w=w)
+    _check_images("images", images, w.shape[0])
     check_activation(activation)
     with torch.no_grad():
         feats_ref = layer_inputs(w_ref, images, activation)[1:5]
@@ -176,16 +176,3 @@ def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     cov = x.T @ y / len(x)
     std = torch.outer(x.pow(2).mean(0).sqrt(), y.pow(2).mean(0).sqrt())
     return cov / std.clamp_min(_STD_EPS)
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
-    for t, name in zip((a, b), names):
-        if t.dim() != 2 or t.shape[1] != N_PARAMS:
-            raise ValueError(f"{name} must be [P, {N_PARAMS}], got {tuple(t.shape)}")
-    if a.shape != b.shape:
-        raise ValueError(f"{names[0]} and {names[1]} differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-
-
-def _check_images(images: torch.Tensor, n_pairs: int) -> None:
-    if images.dim() != 5 or images.shape[0] != n_pairs or tuple(images.shape[2:]) != (1, 28, 28):
-        raise ValueError(f"images must be [{n_pairs}, N, 1, 28, 28], got {tuple(images.shape)}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cnn import N_PARAMS, batched_forward
+from ..cnn import batched_forward
+from ._features import _check_weights
 
 __all__ = ["distill", "ensemble_predict", "ensemble_probs"]
 
@@ -60,10 +61,7 @@ def distill(
     [P, steps, B] (indices into images [M, 1, 28, 28], each pair's drawn from its union of
     classes), soft-target cross-entropy, the same lr as fine-tuning. One Adam over the [P, D]
     leaf: Adam is elementwise, so the pairs train independently."""
-    p = init.shape[0]
-    for name, w in (("w1", w1), ("w2", w2), ("init", init)):
-        if w.shape != (p, N_PARAMS):
-            raise ValueError(f"{name} must be [{p}, {N_PARAMS}], got {tuple(w.shape)}")
+    p = _check_weights(init=init, w1=w1, w2=w2)
     if batches.dim() != 3 or batches.shape[0] != p:
         raise ValueError(f"batches must be [{p}, steps, B], got {tuple(batches.shape)}")
     theta = init.detach().float().clone().requires_grad_(True)

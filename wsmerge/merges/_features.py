@@ -14,16 +14,35 @@ __all__ = ["LAYERS", "layer_inputs"]
 LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "fc1", "fc2")
 
 
+def _check_weights(**named: torch.Tensor) -> int:
+    """The number of pairs P, after checking that every named tensor is a floating-point
+    [P, 2464] with one P for all; a ValueError names the first one that is not."""
+    first, p = None, None
+    for name, t in named.items():
+        if t.dim() != 2 or t.shape[1] != N_PARAMS or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point [P, {N_PARAMS}] tensor, got {t.dtype} {tuple(t.shape)}")
+        if first is None:
+            first, p = name, t.shape[0]
+        elif t.shape[0] != p:
+            raise ValueError(f"{first} and {name} differ in pairs: {p} vs {t.shape[0]}")
+    if not p:
+        raise ValueError("no pairs to merge (P = 0)")
+    return p
+
+
+def _check_images(name: str, images: torch.Tensor, p: int) -> None:
+    """Raise a ValueError naming `images` unless it is [p, N, 1, 28, 28] with N ≥ 1."""
+    if images.dim() != 5 or images.shape[0] != p or images.shape[2:] != (1, 28, 28) or images.shape[1] == 0:
+        raise ValueError(f"{name} must be [{p}, N, 1, 28, 28] with N >= 1, got {tuple(images.shape)}")
+
+
 def layer_inputs(weights: torch.Tensor, images: torch.Tensor, activation: str) -> list[torch.Tensor]:
     """What each layer of each CNN sees: weights [P, 2464], images [P, N, 1, 28, 28] (one
     batch per CNN). Returns [images, h1 [P,N,8,12,12], h2 [P,N,6,4,4], h3 [P,N,4,3,3],
     h4 [P,N,20], logits [P,N,10]]: the input of conv1, conv2, conv3, fc1 (which reads h3 flattened
     channel-major) and fc2, then the output. Differentiable; the same function as
     `wsmerge.cnn.batched_forward`, one CNN at a time."""
-    if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
-        raise ValueError(f"weights must be [P, {N_PARAMS}], got {tuple(weights.shape)}")
-    if images.dim() != 5 or images.shape[0] != weights.shape[0] or images.shape[2:] != (1, 28, 28):
-        raise ValueError(f"images must be [{weights.shape[0]}, N, 1, 28, 28], got {tuple(images.shape)}")
+    _check_images("images", images, _check_weights(weights=weights))
     act = activation_fn(activation)
     p = unflatten(weights)
     outs: list[list[torch.Tensor]] = [[] for _ in range(6)]

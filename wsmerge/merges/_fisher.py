@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..cnn import batched_forward, check_activation
-from ._task import _check_images, _check_weights
+from ._features import _check_images, _check_weights
 
 __all__ = ["diagonal_fisher", "fisher", "fisher_merge"]
 

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cnn import LAYER_SHAPES, check_activation, flatten, unflatten
-from ._features import LAYERS, layer_inputs
-from ._task import _check_images, _check_weights
+from ._features import LAYERS, _check_images, _check_weights, layer_inputs
 
 __all__ = ["regmean"]
 

@@ -9,30 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..cnn import N_PARAMS
+from ._features import _check_weights
 
 __all__ = ["dare", "ties"]
-
-
-def _check_weights(**named: torch.Tensor) -> int:
-    """The number of pairs P, after checking that every named tensor is a floating-point
-    [P, 2464] with one P for all; a ValueError names the first one that is not."""
-    p = None
-    for name, t in named.items():
-        if t.dim() != 2 or t.shape[1] != N_PARAMS or not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point [P, {N_PARAMS}] tensor, got {t.dtype} {tuple(t.shape)}")
-        if p is None:
-            p = t.shape[0]
-        elif t.shape[0] != p:
-            raise ValueError(f"{name} has {t.shape[0]} rows, the other weights {p}")
-    if not p:
-        raise ValueError("no pairs to merge (P = 0)")
-    return p
-
-
-def _check_images(name: str, images: torch.Tensor, p: int) -> None:
-    """Raise a ValueError naming `images` unless it is [p, N, 1, 28, 28] with N ≥ 1."""
-    if images.dim() != 5 or images.shape[0] != p or images.shape[2:] != (1, 28, 28) or images.shape[1] == 0:
-        raise ValueError(f"{name} must be [{p}, N, 1, 28, 28] with N >= 1, got {tuple(images.shape)}")
 
 
 def _trim(tau: torch.Tensor, k: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..cnn import HIDDEN_SIZES, check_activation
-from ._align import _check_images, _check_pair, _correlation, _join_layers, _layer_matrices, _unit_samples
-from ._features import layer_inputs
+from ._align import _correlation, _join_layers, _layer_matrices, _unit_samples
+from ._features import _check_images, _check_weights, layer_inputs
 
 __all__ = ["zipit"]
 
@@ -42,12 +42,12 @@ def zipit(
     own. `alpha` in [0, 1) is the paper's α: at 0 every feature is zipped once, so each
     merged feature is a pair; above it, a zipped feature may be zipped again, its
     correlations scaled by α."""
-    _check_pair(w1, w2, ("w1", "w2"))
+    _check_weights(w1=w1, w2=w2)
     n_pairs = w1.shape[0]
     for mask, name in ((in1, "in1"), (in2, "in2")):
         if tuple(mask.shape) != (n_pairs, N_CLASSES):
             raise ValueError(f"{name} must be [{n_pairs}, {N_CLASSES}], got {tuple(mask.shape)}")
-    _check_images(images, n_pairs)
+    _check_images("images", images, n_pairs)
     check_activation(activation)
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")

@@ -69,7 +69,7 @@ class BuildReport:
         """Where the models were trained, a line per node (empty when none was)."""
         lines = []
         for node in sorted(self.actors):
-            gpus = sorted({g for g in self.gpus.get(node, []) if g is not None})
+            gpus = sorted(set(self.gpus.get(node, [])))
             lines.append(f"  node {node[:8]}: {self.actors[node]} actors{f' on GPUs {gpus}' if gpus else ''}, "
                          f"{self.models.get(node, 0)} models")
         if self.lost:
