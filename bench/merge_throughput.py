@@ -23,9 +23,9 @@ import torch
 from wsmerge.cnn import CNN, N_PARAMS, unflatten
 from wsmerge.evaluate import predict
 from wsmerge.data import load_mnist
-from wsmerge.losses import LossContext, mix_loss, paper_mix
+from wsmerge.losses import LossContext, mix_loss, paper_mix, permute_neurons
 from wsmerge.model import TransformerAE, n_params, preset
-from wsmerge.train import second_view
+from wsmerge.train import make_optimizer
 
 
 def _timed(fn, repeats: int, warm: bool = True) -> float:
@@ -38,19 +38,30 @@ def _timed(fn, repeats: int, warm: bool = True) -> float:
 
 
 def train_rate(preset_name: str, mix: dict[str, float], batch: int, device: str, repeats: int,
-               query: int, images: torch.Tensor) -> float:
+               query: int, images: torch.Tensor, *, plain: bool = False, compiled: bool = False) -> float:
+    """Training samples per second of the TransformerAE on random pairs, as wsmerge.train
+    steps: the contrastive term's permuted views in the pairs' own encoder pass, AdamW fused
+    on a GPU, bf16 autocast there. `plain`: the step before those two (a second encoder pass
+    for the views, AdamW's default multi-tensor path), for a side-by-side ratio.
+    `compiled`: the model's forward through torch.compile (`RunConfig.compile`)."""
     torch.manual_seed(0)
     model = TransformerAE(preset(preset_name)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if plain else make_optimizer(model, 1e-4, 0.01)
+    if compiled:
+        model.compile()
     w1, w2, w3 = (0.1 * torch.randn(batch, N_PARAMS, device=device) for _ in range(3))
     q = images[:query].to(device)
     gen = torch.Generator().manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    contrastive = "contrastive" in mix
 
     def step():
         with autocast:
-            out = model(w1, w2)
-            aug = second_view(model, w1, w2, gen) if "contrastive" in mix else None
+            views = (permute_neurons(w1, gen), permute_neurons(w2, gen)) if contrastive else None
+            out = model(w1, w2, views=None if plain else views)
+            aug = out.neck_aug
+            if plain and contrastive:
+                aug = model.fuse(model.encode(views[0], 0), model.encode(views[1], 1))
         # Float32 for the losses, as wsmerge.train hands them over.
         ctx = LossContext(activation="relu", images=q, sources=(w1, w2), neck=out.neck.float(),
                           neck_aug=None if aug is None else aug.float(),

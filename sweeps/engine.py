@@ -90,7 +90,8 @@ _SWEEP_RUN_KEYS = ("out", "progress")
 @dataclass(frozen=True)
 class Param:
     """One searched setting: a range `{low, high}` (log-uniform with `log: true`) or a list
-    `{choices: [...]}`. Whether it is an integer is the space's business, not the YAML's."""
+    `{choices: [...]}`. Whether it is an integer, or one of some names, is the space's
+    business, not the YAML's."""
 
     low: float | None = None
     high: float | None = None
@@ -99,12 +100,18 @@ class Param:
     integer: bool = False
 
     @classmethod
-    def parse(cls, raw: Any, where: str, *, integer: bool = False, log: bool = False) -> "Param":
+    def parse(
+        cls, raw: Any, where: str, *, integer: bool = False, log: bool = False, names: tuple[str, ...] | None = None
+    ) -> "Param":
+        """`names`: the setting is one of these strings, so only choices of them are valid."""
         if not isinstance(raw, Mapping):
-            raise ValueError(f"{where}: expected {{low: .., high: ..}} or {{choices: [..]}}, got {raw!r}")
+            expected = "{choices: [..]}" if names else "{low: .., high: ..} or {choices: [..]}"
+            raise ValueError(f"{where}: expected {expected}, got {raw!r}")
         unknown = sorted(set(raw) - {"low", "high", "log", "choices"})
         if unknown:
             raise ValueError(f"{where}: unknown keys {unknown}; known: ['choices', 'high', 'log', 'low']")
+        if names and "choices" not in raw:
+            raise ValueError(f"{where}: a setting of names is searched as {{choices: [..]}} of {list(names)}")
         # Types only: whether a value suits its setting is the run config's check (SweepConfig).
         number = check_int if integer else check_number
         if "choices" in raw:
@@ -113,7 +120,10 @@ class Param:
             choices = raw["choices"]
             if not isinstance(choices, list) or not choices:
                 raise ValueError(f"{where}.choices: expected a non-empty list, got {choices!r}")
-            values = tuple(number(v, f"{where}.choices[{i}]", -math.inf) for i, v in enumerate(choices))
+            if names:
+                values = tuple(_name(v, f"{where}.choices[{i}]", names) for i, v in enumerate(choices))
+            else:
+                values = tuple(number(v, f"{where}.choices[{i}]", -math.inf) for i, v in enumerate(choices))
             if len(set(values)) != len(values):
                 raise ValueError(f"{where}.choices: repeated values in {list(values)}")
             return cls(choices=values, integer=integer)
@@ -144,6 +154,12 @@ class Param:
         if self.choices is not None:
             return {"choices": list(self.choices)}
         return {"low": self.low, "high": self.high, "log": self.log}
+
+
+def _name(value: Any, where: str, names: tuple[str, ...]) -> str:
+    if value not in names:
+        raise ValueError(f"{where}: unknown {value!r}; known: {list(names)}")
+    return value
 
 
 @dataclass(frozen=True)

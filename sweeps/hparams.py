@@ -2,7 +2,8 @@
 `python -m sweeps.hparams [--config FILE] [--name NAME] [--resume]`.
 
 The model's width is searched as heads × head size (d_model = n_heads · head_dim), so every
-sample is a valid model: no trial is spent on heads that do not divide d_model. With no
+sample is a valid model: no trial is spent on heads that do not divide d_model. The levers
+against the CNNs' permutation symmetry, `permutations` and `align`, are searchable too. With no
 arguments it runs the tiny default (sweeps/configs/hparams_tiny.yaml), building the tiny zoo
 first if it is missing. Running the same command again continues the sweep; see
 sweeps/engine.py for what it writes.
@@ -16,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from sweeps.engine import Param, SweepConfig, main as sweep_main
+from wsmerge.align import ALIGN
 from wsmerge.train import RunConfig, train
 
 _MODEL = ("n_layers", "d_ff", "neck", "dropout")
-_RUN = ("lr", "weight_decay", "batch_size", "warmup_steps")
-_INTEGER = ("n_heads", "head_dim", "n_layers", "d_ff", "neck", "batch_size", "warmup_steps")
+_RUN = ("lr", "weight_decay", "batch_size", "warmup_steps", "permutations", "align")
+_INTEGER = ("n_heads", "head_dim", "n_layers", "d_ff", "neck", "batch_size", "warmup_steps", "permutations")
 _LOG = ("lr", "weight_decay")
+_NAMES = {"align": ALIGN}  # settings searched as choices of these names
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class HparamSpace:
     weight_decay: Param | None = None
     batch_size: Param | None = None
     warmup_steps: Param | None = None
+    permutations: Param | None = None
+    align: Param | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str, run: dict[str, Any]) -> "HparamSpace":
@@ -54,7 +59,9 @@ class HparamSpace:
             if key in d and key in run:
                 raise ValueError(f"run.{key}: searched (space.{key}); remove it from run")
         return cls(**{
-            name: Param.parse(raw, f"{where}.{name}", integer=name in _INTEGER, log=name in _LOG)
+            name: Param.parse(
+                raw, f"{where}.{name}", integer=name in _INTEGER, log=name in _LOG, names=_NAMES.get(name)
+            )
             for name, raw in d.items()
         })
 

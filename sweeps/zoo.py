@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models-per-step", type=int, default=BuildOptions.models_per_step,
                    help="models one actor trains per step; the zoo is the same whatever it is "
                         "(CPU: 2-4; GPU: hundreds to thousands, bench/gpu.py measures)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="on a GPU, run the training step eagerly instead of through torch.compile "
+                        "(which costs seconds of compilation per actor and gives about 1.7x the speed)")
     p.add_argument("--data-root", help="torchvision MNIST root instead of the packaged copy")
     p.add_argument("--export-csv", type=Path, help="also write the seed report's CSV layout here")
     p.add_argument("--plan", action="store_true",
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             cpus_per_actor=args.cpus_per_actor,
             gpus_per_actor=args.gpus_per_actor,
             models_per_step=args.models_per_step,
+            compile=not args.no_compile,
             data_root=args.data_root,
             progress=not args.no_progress,
             address=args.address,
@@ -176,7 +180,7 @@ def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
     plan = plan_build(cfg, jobs, opts.models_per_step, data)
     probe = plan_groups(jobs, opts.models_per_step, train_images(jobs, cfg.train, data))[0]
     torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
-    rate = probe_rate(probe, data.to(device), cfg.train)
+    rate = probe_rate(probe, data.to(device), cfg.train, compile=opts.compile)
     actors = opts.actors or 1
     # The probe's group has one image count; idle slots stretch the real groups' steps.
     minutes = plan.model_images / (1 - plan.idle_share) / (rate * actors) / 60

@@ -20,15 +20,22 @@ def test_gpu_bench_quick_runs_every_section():
     out = done.stdout
     for precision in ("fp32", "bf16"):
         for k in (1, 4, 16):
-            assert re.search(rf"{precision}\s+{k} models/step\s+[\d,]+ model-images/s", out), out
+            assert re.search(rf"{precision}\s+{k} models/step\s+compiled\s+[\d,]+ model-images/s", out), out
+    for k in (4, 16):
+        assert re.search(rf"bf16\s+{k} models/step\s+eager\s+[\d,]+ model-images/s", out), out
+        assert re.search(rf"bf16\s+{k} models/step: compiled / eager = [\d.]+", out), out
         for k in (1, 4, 16):
             assert re.search(rf"{precision}\s+{k} models/step: 5,518,800,000 model-images at [\d,]+/s, "
                              rf"\s*[\d.]+% idle:\s+[\d,.]+ min", out), out
     assert re.search(r"2 classes \(2 jobs\): fp32 [\d.]+%\s+bf16 [\d.]+%", out), out
     assert re.search(r"5 classes \(2 jobs\): fp32 [\d.]+%\s+bf16 [\d.]+%", out), out
-    for mix in ("mse only", "paper mix"):
-        assert re.search(rf"{mix}\s+[\d.]+ samples/s", out), out
-    assert re.search(r"mse-only step: [\d.,]+ GFLOP, [\d.]+ TFLOP/s, [\d.]+% of the measured matmul rate", out), out
+    assert re.search(r"tiny preset \([\d,]+ parameters; a sample's step: mse only [\d.]+ GFLOP, "
+                     r"paper mix [\d.]+ GFLOP, [\d.]+x\)", out), out
+    for batch, kind in ((4, "eager"), (8, "eager"), (4, "plain"), (8, "compiled")):
+        for mix in ("mse only", "paper mix"):
+            assert re.search(rf"batch\s+{batch} {kind}\s+{mix}\s+[\d.]+ samples/s", out), out
+        assert re.search(rf"batch\s+{batch} {kind}\s+paper mix costs [\d.]+x mse alone; mse-only step [\d.]+ TFLOP/s, "
+                         rf"[\d.]+% of the measured matmul rate", out), out
     probe = subprocess.run(
         [sys.executable, "-c", "import sys; sys.path.insert(0, 'bench'); import gpu; "
          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'gudhi', 'ot', 'optuna', 'wandb')))"],

@@ -10,6 +10,7 @@ from wsmerge.cnn import (
     LAYER_SHAPES,
     N_PARAMS,
     batched_forward,
+    conv1_im2col,
     flatten,
     init_weights,
     layer_slices,
@@ -111,3 +112,47 @@ def test_one_activation_per_model_equals_one_call_per_activation():
         torch.testing.assert_close(mixed[k], batched_forward(weights[k : k + 1], images[k : k + 1], a)[0])
     with pytest.raises(ValueError, match="6 weight vectors but 2 activations"):
         batched_forward(weights, images, ["relu", "tanh"])
+
+
+def test_activation_ids_equal_activation_names():
+    # The compiled zoo step passes ids (one graph for any mix): values and weight gradients
+    # must be those of the per-run path, on shared and on per-model images, with dropout.
+    # (Not bit for bit: a CPU's vectorised tanh or gelu rounds a tensor's tail elements
+    # otherwise than its body, so a slice and a whole tensor differ in the last bit.)
+    torch.manual_seed(1)
+    acts = ["relu", "gelu", "gelu", "tanh", "silu", "leakyrelu", "sigmoid", "relu"]
+    ids = torch.tensor([ACTIVATIONS.index(a) for a in acts])
+    seeds = torch.arange(len(acts)) * 7919
+    shared, own = torch.rand(4, 1, 28, 28, dtype=torch.float64), torch.rand(len(acts), 4, 1, 28, 28, dtype=torch.float64)
+    for images in (shared, own):
+        outs = []
+        for activation in (acts, ids):
+            w = torch.stack([init_weights(a, "kaiming_uniform", i) for i, a in enumerate(acts)]).double()
+            w.requires_grad_()
+            out = batched_forward(w, images, activation, dropout=0.2, dropout_seeds=seeds)
+            (grad,) = torch.autograd.grad((out**2).sum(), w)
+            outs.append((out.detach(), grad))
+        torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="activation ids of shape"):
+        batched_forward(torch.zeros(3, N_PARAMS), torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+
+
+def test_conv1_as_patch_products_equals_the_convolution():
+    # The GPU path of the first layer (per-model images): every model's own conv2d, in float64.
+    torch.manual_seed(2)
+    m, n = 5, 3
+    w1, b1 = torch.randn(m, 8, 1, 5, 5, dtype=torch.float64), torch.randn(m, 8, dtype=torch.float64)
+    images = torch.rand(m, n, 28, 28, dtype=torch.float64)
+    out = conv1_im2col(images, w1, b1)
+    assert out.shape == (n, m * 8, 24, 24)
+    for k in range(m):
+        ref = torch.nn.functional.conv2d(images[k].unsqueeze(1), w1[k], b1[k])  # [N, 8, 24, 24]
+        torch.testing.assert_close(out[:, 8 * k : 8 * (k + 1)], ref, rtol=1e-12, atol=1e-12)
+    # and its weight gradient, which is why it exists
+    w = w1.clone().requires_grad_()
+    (g,) = torch.autograd.grad(conv1_im2col(images, w, b1).sum(), w)
+    for k in range(m):
+        wk = w1[k].clone().requires_grad_()
+        (gk,) = torch.autograd.grad(torch.nn.functional.conv2d(images[k].unsqueeze(1), wk, b1[k]).sum(), wk)
+        torch.testing.assert_close(g[k], gk, rtol=1e-12, atol=1e-12)

@@ -262,14 +262,16 @@ def test_permute_neurons_keeps_function():
 
 
 def _permuted_row_by_row(w, generator):
-    """The permutation spelt out on each CNN's named tensors, one row at a time."""
+    """The permutation spelt out on each CNN's named tensors, one row at a time, with the
+    draws permute_neurons makes: per layer, the order of B rows of uniform numbers."""
     hidden = ((("conv1.weight", "conv1.bias"), "conv2.weight", 1), (("conv2.weight", "conv2.bias"), "conv3.weight", 1),
               (("conv3.weight", "conv3.bias"), "fc1.weight", 9), (("fc1.weight", "fc1.bias"), "fc2.weight", 1))
+    draws = [torch.rand(len(w), n, generator=generator).argsort(dim=1) for n in (8, 6, 4, 20)]
     out = []
-    for row in w:
+    for r, row in enumerate(w):
         p = {k: v.clone() for k, v in unflatten(row).items()}
-        for producers, consumer, unit in hidden:
-            perm = torch.randperm(p[producers[0]].shape[0], generator=generator)
+        for (producers, consumer, unit), layer in zip(hidden, draws):
+            perm = layer[r]
             for name in producers:
                 p[name] = p[name][perm]
             p[consumer] = p[consumer][:, (perm[:, None] * unit + torch.arange(unit)).reshape(-1)]

@@ -123,6 +123,23 @@ def test_parts_compose_to_forward():
     torch.testing.assert_close(model.decode(neck), out.weights)
 
 
+def test_views_share_the_encoder_pass_and_change_nothing_else():
+    # The contrastive term's second view rides along in the pairs' encoder calls: the pairs'
+    # outputs are those of a forward without views, and neck_aug is the views' own neck.
+    model = TransformerAE(SMALL).eval()
+    w1, w2, v1, v2 = _w(3, 1), _w(3, 2), _w(3, 3), _w(3, 4)
+    with torch.no_grad():
+        joint, alone = model(w1, w2, views=(v1, v2)), model(w1, w2)
+        assert alone.neck_aug is None
+        for a, b in ((joint.weights, alone.weights), (joint.neck, alone.neck), (joint.latents[0], alone.latents[0]),
+                     (joint.latents[1], alone.latents[1])):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(joint.neck_aug, model.fuse(model.encode(v1, 0), model.encode(v2, 1)),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"views\[1\] has 2 rows, the pairs 3"):
+        model(w1, w2, views=(v1, v2[:2]))
+
+
 def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
     torch.manual_seed(0)
     model = TransformerAE(SMALL.replace(dropout=0.5))

@@ -447,3 +447,119 @@ def test_make_pairs_errors(zoo4):
     ].reset_index(drop=True)
     with pytest.raises(ValueError, match=r"no \(activation, init, seed, epoch bin\) group holds all three"):
         make_pairs(scattered, PairConfig(overlap=0, split_by="pair", split=(1, 0, 0)))
+
+
+# -- held-out zoo seeds --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def zoo6s():
+    return synthetic_zoo(tuple(range(6)), acts=("relu", "gelu"), bins=(1,), seeds=(0, 1))
+
+
+def _row_seeds(df, frame):
+    """The zoo seed of every CNN of `frame`, read from the zoo frame itself."""
+    return {int(df.iloc[int(r)]["seed"]) for c in ("cnn1", "cnn2", "target") for r in frame[c]}
+
+
+@pytest.mark.parametrize("cfg", [PairConfig(overlap=(0, 2)), PairConfig(overlap=1, max_pairs_per_target=3, seed=2)])
+def test_seed_split_holds_the_largest_seed_out(zoo6s, cfg):
+    p = make_pairs(zoo6s, cfg)  # split_by auto: two seeds
+    assert p.split_by == "seed" and (p.train_seeds, p.test_seeds) == ((0,), (1,))
+    assert _row_seeds(zoo6s, p["train"]) == _row_seeds(zoo6s, p["val"]) == {0}
+    assert _row_seeds(zoo6s, p["test"]) == {1}
+    cnns = {s: set().union(*_in_role(p[s], "any")) for s in SPLITS}
+    assert cnns["test"] and not cnns["test"] & (cnns["train"] | cnns["val"])
+    assert not set(p["test"]["c3"]) & set(p["train"]["c3"])
+    # The targets are dealt as under "target", cap sample included; then each split keeps its seeds.
+    by_target = make_pairs(zoo6s, cfg.replace(split_by="target"))
+    assert p.targets == by_target.targets
+    for s, seed in (("train", 0), ("val", 0), ("test", 1)):
+        expect = by_target[s][by_target[s]["seed"] == seed].reset_index(drop=True)
+        pd.testing.assert_frame_equal(p[s], expect)
+    assert p.dropped == dict.fromkeys(SPLITS, 0)
+    s = p.summary()
+    assert "split by seed (auto)" in s and "zoo seeds: train [0], val [0], test [1]" in s
+    assert "held-out test_seeds [1]" in s and "isolation" not in s
+
+
+def test_auto_splits_by_target_on_one_seed(zoo6, zoo6s):
+    cfg = PairConfig(overlap=(0, 2))
+    auto, target = make_pairs(zoo6, cfg), make_pairs(zoo6, cfg.replace(split_by="target"))
+    assert auto.split_by == "target" and (auto.train_seeds, auto.test_seeds) == ((), ())
+    for s in SPLITS:
+        pd.testing.assert_frame_equal(auto[s], target[s])
+    assert "split by target (auto)" in auto.summary() and "zoo seeds: train [0], val [0], test [0]" in auto.summary()
+    # One seed left by the filter is one seed.
+    assert make_pairs(zoo6s, cfg.replace(seeds=(1,))).split_by == "target"
+
+
+def test_training_on_the_test_seed_too_drops_what_touches_a_test_cnn(zoo6s):
+    cfg = PairConfig(overlap=(0, 2), split_by="seed", train_seeds=(0, 1), test_seeds=(1,))
+    p = make_pairs(zoo6s, cfg)
+    assert _row_seeds(zoo6s, p["train"]) == _row_seeds(zoo6s, p["val"]) == {0, 1}
+    assert _row_seeds(zoo6s, p["test"]) == {1}
+    # Independently: the target split's triples, less those touching a CNN of a test triple.
+    by_target = make_pairs(zoo6s, cfg.replace(split_by="target", train_seeds=None, test_seeds=None))
+    test = by_target["test"][by_target["test"]["seed"] == 1]
+    pd.testing.assert_frame_equal(p["test"], test.reset_index(drop=True))
+    test_cnns = set().union(*_in_role(test, "any"))
+    for s in ("train", "val"):
+        keep = [t for t in _triples(by_target[s]) if not set(t) & test_cnns]
+        assert _triples(p[s]) == keep and p.dropped[s] == len(by_target[s]) - len(keep) > 0
+    assert any(seed == 1 for seed in p["train"]["seed"])
+    # No test CNN in training or validation, in any role; val CNNs may still train (isolation none).
+    ov = {(r.split_a, r.role_a, r.split_b, r.role_b): r.n_cnns for r in p.overlap().itertuples()}
+    assert ov["test", "any", "train", "any"] == ov["test", "any", "val", "any"] == 0
+    assert ov["val", "any", "train", "any"] > 0
+    assert "test seeds [1] also train: dropped" in p.summary()
+    strict = make_pairs(zoo6s, cfg.replace(isolation="strict"))
+    assert (strict.overlap()[["n_cnns", "n_triples_a", "n_triples_b"]] == 0).all().all()
+    assert set(_triples(strict["train"])) < set(_triples(p["train"])) and _triples(strict["val"]) == _triples(p["val"])
+    assert "isolation strict, test seeds [1] also train: dropped" in strict.summary()
+
+
+def test_seed_split_with_strict_isolation_isolates_val_too(zoo6s):
+    p = make_pairs(zoo6s, PairConfig(overlap=(0, 2), isolation="strict"))
+    cnns = {s: set().union(*_in_role(p[s], "any")) for s in SPLITS}
+    assert not cnns["val"] & cnns["train"] and not cnns["test"] & (cnns["train"] | cnns["val"])
+    assert p.dropped["train"] > 0 and p.dropped["val"] == 0
+
+
+def test_seed_split_errors(zoo6, zoo6s):
+    cfg = PairConfig(overlap=(0, 2))
+    with pytest.raises(ValueError, match=r"pairs.test_seeds: seeds \[5\] not in the zoo; it has seeds \[0, 1\]"):
+        make_pairs(zoo6s, cfg.replace(test_seeds=(5,)))
+    with pytest.raises(ValueError, match=r"pairs.train_seeds: seeds \[2\] not in the zoo \(filters: seeds=\[0, 1\]\)"):
+        make_pairs(zoo6s, cfg.replace(seeds=(0, 1), train_seeds=(2,)))
+    with pytest.raises(ValueError, match=r"no seed left for training: the zoo has seeds \[0, 1\], all of them test"):
+        make_pairs(zoo6s, cfg.replace(test_seeds=(0, 1)))
+    with pytest.raises(ValueError, match=r"pairs.test_seeds is set, but the zoo has one seed, \[0\].*split_by: seed"):
+        make_pairs(zoo6, cfg.replace(test_seeds=(0,)))
+    with pytest.raises(ValueError, match=r"no seed left for training: the zoo has seeds \[0\]"):
+        make_pairs(zoo6, cfg.replace(split_by="seed"))
+    # A held-out seed whose CNNs hold no triple of a test target.
+    sparse = pd.concat([zoo6s[zoo6s["seed"] == 0], zoo6s[(zoo6s["seed"] == 1) & (zoo6s["n_classes"] == 2)]],
+                       ignore_index=True)
+    with pytest.raises(ValueError, match=r"split_by seed leaves no test triples: no test target .* seeds \[1\]"):
+        make_pairs(sparse, cfg)
+    # Training on the test seed only: everything touching a test CNN goes.
+    with pytest.raises(ValueError, match=r"isolation leaves no val triples \(of 180 before\): each shares a CNN with "
+                                         r"a test triple\. Test seeds \[0\] are also train_seeds"):
+        make_pairs(zoo6, cfg.replace(split_by="seed", train_seeds=(0,), test_seeds=(0,), overlap=1))
+
+
+@pytest.mark.parametrize(
+    "d, match",
+    [
+        ({"split_by": "seeds"}, r"split_by must be one of \['auto', 'target', 'pair', 'seed'\], got 'seeds'"),
+        ({"split_by": "target", "test_seeds": [1]}, r"pairs.test_seeds is \[1\], but split_by 'target' does not hold"),
+        ({"split_by": "pair", "train_seeds": [0]}, r"pairs.train_seeds is \[0\], but split_by 'pair'"),
+        ({"test_seeds": []}, r"pairs.test_seeds is empty; use null for 'the largest seed'"),
+        ({"train_seeds": [0, 0]}, r"pairs.train_seeds: repeated seeds in \[0, 0\]"),
+        ({"test_seeds": ["1"]}, r"pairs.test_seeds: expected an integer, got '1'"),
+    ],
+)
+def test_bad_seed_split_configs(d, match):
+    with pytest.raises(ValueError, match=match):
+        PairConfig.from_dict(d)
+    assert PairConfig().split_by == "auto"
+    assert PairConfig.from_dict({"test_seeds": 1, "train_seeds": [0, 2]}).test_seeds == (1,)

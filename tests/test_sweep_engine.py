@@ -211,6 +211,16 @@ def _bad(tmp_path, **changes):
          "run.lr: searched (space.lr); remove it from run"),
         (hparams_main, lambda t: _bad(t, space={"warmup_steps": {"choices": [-1, 8]}}),
          "space.warmup_steps: warmup_steps must be an integer >= 0, got -1"),
+        (hparams_main, lambda t: _bad(t, space={"align": {"choices": ["sort", "rank"]}}),
+         "space.align.choices[1]: unknown 'rank'; known: ['none', 'sort', 'match']"),
+        (hparams_main, lambda t: _bad(t, space={"align": {"low": 0, "high": 2}}),
+         "space.align: a setting of names is searched as {choices: [..]} of ['none', 'sort', 'match']"),
+        (hparams_main, lambda t: _bad(t, space={"permutations": {"choices": ["sort", 4]}}),
+         "space.permutations.choices[0] must be an integer, got 'sort'"),
+        (hparams_main, lambda t: _bad(t, space={"permutations": {"low": -1, "high": 4}}),
+         "space.permutations: permutations must be an integer >= 0, got -1"),
+        (hparams_main, lambda t: _bad(t, space={"align": {"choices": ["sort"]}}, run={**_bad(t)["run"], "align": "sort"}),
+         "run.align: searched (space.align); remove it from run"),
         (loss_combo_main, lambda t: _bad(t, num_sample=3), "unknown keys ['num_sample']"),
         (loss_combo_main, lambda t: _bad(t, run={**_bad(t)["run"], "epoch": 2}), "run: unknown keys ['epoch']"),
         (loss_combo_main, lambda t: _bad(t, run={**_bad(t)["run"], "out": "x"}), "run.out: set by the sweep"),
@@ -271,6 +281,19 @@ def test_search_spaces_sample_only_valid_runs(sweep_zoo):
     models = [heads.apply(run, p).model for p in _sample(heads, 50)]
     assert {m.d_model for m in models} == {5, 8, 15, 24, 20, 32}
     assert all(m.d_model % m.n_heads == 0 for m in models)
+
+
+def test_the_symmetry_levers_are_searchable(tmp_path):
+    run = RunConfig.from_dict({"zoo": str(tmp_path), "out": "x"})
+    space = HparamSpace.from_dict(
+        {"align": {"choices": ["none", "sort", "match"]}, "permutations": {"low": 0, "high": 20}}, "space", {}
+    )
+    assert space.to_dict() == {"permutations": {"low": 0, "high": 20, "log": False},
+                               "align": {"choices": ["none", "sort", "match"]}}
+    runs = [space.apply(run, p) for p in _sample(space, 40)]
+    assert {r.align for r in runs} == {"none", "sort", "match"}
+    assert all(isinstance(r.permutations, int) and 0 <= r.permutations <= 20 for r in runs)
+    assert len({r.permutations for r in runs}) > 5
 
 
 def test_hparams_tiny_default_config_is_valid():

@@ -4,6 +4,7 @@ the baselines, and a run killed part-way resumes bit-for-bit."""
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -55,22 +56,27 @@ def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
     assert pairs.loc[pairs["method"] == "generated", "exact/bottleneck"].notna().all()
 
 
-def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):
-    # 2 steps an epoch (6 relu and 6 tanh triples, batches of 8 of one activation): the
-    # warm-up still runs in epoch 3, after the resume.
-    cfg = lambda out: tiny_run(tiny_zoo, tmp_path / out, warmup_steps=6)  # noqa: E731
+def _resumes_bit_for_bit(cfg, crash_after_epoch: int):
+    """Run cfg("a") whole and cfg("b") cut after an epoch, then resumed: the same model,
+    history and test. Returns the whole run's result."""
     full = train(cfg("a"))
-    assert [h["train/lr"] for h in full.history] == pytest.approx([1e-3 * 3 / 6, 1e-3 * 5 / 6, 1e-3])
     with pytest.raises(Crash):
-        train(cfg("b"), report=crash_after(2))
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["epoch"] == 2
+        train(cfg("b"), report=crash_after(crash_after_epoch))
+    assert torch.load(os.path.join(cfg("b").out, CHECKPOINT), weights_only=True)["epoch"] == crash_after_epoch
     resumed = train(cfg("b"), resume=True)
-    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
-    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    a, b = (torch.load(os.path.join(cfg(x).out, CHECKPOINT), weights_only=True) for x in "ab")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert same(strip_time(full.history), strip_time(resumed.history))
     assert same(full.test, resumed.test)
+    return full
+
+
+def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):
+    # 2 steps an epoch (6 relu and 6 tanh triples, batches of 8 of one activation): the
+    # warm-up still runs in epoch 3, after the resume.
+    full = _resumes_bit_for_bit(lambda out: tiny_run(tiny_zoo, tmp_path / out, warmup_steps=6), 2)
+    assert [h["train/lr"] for h in full.history] == pytest.approx([1e-3 * 3 / 6, 1e-3 * 5 / 6, 1e-3])
 
 
 def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):
@@ -107,6 +113,11 @@ def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):
         (dict(pairs={"split": [0.5, 0.5, 0.5]}), "split"),
         (dict(evaluation={"finetune_step": 3}), "finetune_step"),
         (dict(batchsize=3), "unknown keys ['batchsize']"),
+        (dict(permutations=-1), "permutations must be an integer >= 0, got -1"),
+        (dict(permutations=2.5), "permutations must be an integer, got 2.5"),
+        (dict(align="rank"), "align must be one of ['none', 'sort', 'match'], got 'rank'"),
+        (dict(pairs={"split_by": "seeds"}), "pairs.split_by must be one of ['auto', 'target', 'pair', 'seed']"),
+        (dict(pairs={"split_by": "target", "test_seeds": [1]}), "pairs.test_seeds is [1], but split_by 'target'"),
     ],
 )
 def test_bad_configs(tmp_path, change, message):
@@ -180,3 +191,91 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert cli.main(["--config", str(path)]) == 130
     err = capsys.readouterr().err
     assert f"python -m sweeps.train_one --config {path} --resume" in err and "Traceback" not in err
+
+
+# -- permutation augmentation and canonical alignment -------------------------------------------
+
+
+def _lever_run(zoo, out, **kw):
+    """tiny_run with just enough evaluation to run: the levers' tests are about training."""
+    cheap = dict(evaluation={"images_per_class": 10, "finetune_steps": 0, "bootstrap": 0, "merges": []},
+                 predictiveness_images=0)
+    return tiny_run(zoo, out, **{**cheap, **kw})
+
+
+def test_augmented_and_aligned_run_feeds_copies_of_the_same_functions(tiny_zoo, tmp_path, mnist, monkeypatch):
+    import wsmerge.train as T
+    from wsmerge.align import align, canonical_perms
+    from wsmerge.cnn import batched_forward, permute_units
+    from wsmerge.zoo import load, weights_matrix
+
+    fed, generated, evaluated = [], [], []
+
+    def augment(weights, perms):
+        fed.append((weights, permute_units(weights, perms)))
+        return fed[-1][1]
+
+    def generate(*a, **k):
+        out, losses = T_generate(*a, **k)
+        generated.append(out)
+        return out, losses
+
+    def evaluate(gen, w1, w2, w3, *a, **k):
+        evaluated.append((gen, w1, w2, w3))
+        return T_evaluate(gen, w1, w2, w3, *a, **k)
+
+    T_generate, T_evaluate = T._generate, T.evaluate_merges
+    monkeypatch.setattr(T, "permute_units", augment)
+    monkeypatch.setattr(T, "_generate", generate)
+    monkeypatch.setattr(T, "evaluate_merges", evaluate)
+    train(_lever_run(tiny_zoo, tmp_path / "run", epochs=1, permutations=3, align="sort"))
+
+    zoo = load(tiny_zoo)
+    W = torch.from_numpy(weights_matrix(zoo))
+    aligned = align(W, canonical_perms(W, "sort"))  # each zoo CNN in canonical order, computed apart
+    images = mnist.test.images[:32]
+    # w1 and w2 of the 2 scaling and the 2 training batches; validation and test inputs never.
+    assert len(fed) == 8
+    copies: dict[int, set] = {}
+    for inputs, copy in fed:
+        rows = [int(torch.nonzero((aligned == w).all(1))[0]) for w in inputs]  # the aligned zoo CNNs
+        (act,) = set(zoo["activation"].iloc[rows])
+        torch.testing.assert_close(batched_forward(copy, images, act), batched_forward(inputs, images, act),
+                                   rtol=1e-5, atol=1e-5)
+        for r, c in zip(rows, copy):
+            copies.setdefault(r, set()).add(tuple(c.tolist()))
+    assert any(len(c) > 1 for c in copies.values()) and all(len(c) <= 4 for c in copies.values())
+    # The baselines see the zoo's own CNNs; the model's CNNs come out in their target's order.
+    assert len(evaluated) == len(generated) == 2  # validation, test
+    for (out, w1, w2, w3), model_order in zip(evaluated, generated):
+        rows = [int(torch.nonzero((W == w).all(1))[0]) for w in w3]
+        assert all(any((W == w).all(1)) for w in torch.cat([w1, w2]))
+        assert torch.equal(align(out, canonical_perms(W[rows], "sort")), model_order)
+
+
+@pytest.mark.parametrize("method", ["sort", "match"])
+def test_alignment_is_a_copy_of_the_zoo_in_canonical_order(tiny_zoo, tmp_path, mnist, method):
+    import wsmerge.train as T
+    from wsmerge.cnn import batched_forward
+    from wsmerge.pairs import SPLITS
+    from wsmerge.zoo import load, weights_matrix
+
+    cfg = _lever_run(tiny_zoo, tmp_path / "run", align=method)
+    data = T._load_data(cfg, torch.device("cpu"), None)
+    zoo = load(tiny_zoo)
+    W = torch.from_numpy(weights_matrix(zoo))
+    assert torch.equal(data.weights, W)
+    used = torch.from_numpy(np.unique(np.concatenate([i for s in SPLITS for i in data.pairs.indices(s)])))
+    assert (data.inputs[used] != W[used]).any(1).all()
+    images = mnist.test.images[:32]
+    for act in ("relu", "tanh"):
+        rows = used[torch.from_numpy(zoo["activation"].iloc[used.numpy()].to_numpy() == act)]
+        torch.testing.assert_close(batched_forward(data.inputs[rows], images, act),
+                                   batched_forward(W[rows], images, act), rtol=1e-5, atol=1e-5)
+    for s in SPLITS:
+        model_order = data.pairs.tensors(s, data.inputs)[2]
+        assert torch.equal(data.target_order(s, model_order), data.pairs.tensors(s, data.weights)[2])
+
+
+def test_augmented_aligned_run_resumes_bit_for_bit(tiny_zoo, tmp_path):
+    _resumes_bit_for_bit(lambda out: _lever_run(tiny_zoo, tmp_path / out, epochs=2, permutations=3, align="sort"), 1)

