@@ -32,7 +32,7 @@ from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.files import atomic_write
 from wsmerge.intervals import bootstrap_mean, paired_difference, unit_text
 from wsmerge.pairs import make_pairs
-from wsmerge.results import _figure, _md_table, _save
+from wsmerge.results import _figure, _interval, _md_table, _save
 from wsmerge.train import RunConfig, read_zoo, train
 from wsmerge.zoo import PROFILES, BuildOptions, build_zoo, profile
 
@@ -110,23 +110,18 @@ def lever_row(per_pair: pd.DataFrame, n_boot: int, ci: float, seed: int) -> dict
     return row
 
 
-def _interval(v: float, lo: float, hi: float, signed: bool = False) -> str:
-    fmt = "+.1f" if signed else ".1f"
-    return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if np.isfinite(lo) else f"{v:{fmt}}"
-
-
 def levers_markdown(table: pd.DataFrame, ci: float) -> str:
     header = ["variant", "train / test triples", "generated acc_in", "better parent", "average",
               "task arithmetic", "target", "generated after fine-tuning", "generated − better parent",
               "generated − average"]
     rows = [[
         name, f"{r['n_train']:.0f} / {r['n_pairs']:.0f}",
-        _interval(r["generated"], r["generated_lo"], r["generated_hi"]),
+        _interval(r["generated"], r["generated_lo"], r["generated_hi"], ".1f"),
         f"{r['better_parent']:.1f}", f"{r['average']:.1f}", f"{r['task_arithmetic']:.1f}", f"{r['target']:.1f}",
         f"{r['generated_ft']:.1f}",
-        _interval(r["vs_better_parent"], r["vs_better_parent_lo"], r["vs_better_parent_hi"], True)
+        _interval(r["vs_better_parent"], r["vs_better_parent_lo"], r["vs_better_parent_hi"], "+.1f")
         + f" (p {r['vs_better_parent_p']:.2g})",
-        _interval(r["vs_average"], r["vs_average_lo"], r["vs_average_hi"], True) + f" (p {r['vs_average_p']:.2g})",
+        _interval(r["vs_average"], r["vs_average_lo"], r["vs_average_hi"], "+.1f") + f" (p {r['vs_average_p']:.2g})",
     ] for name, r in table.iterrows()]
     units = unit_text(int(table["n_targets"].max()), int(table["n_pairs"].max()))
     return (f"Test acc_in (%) on the test pairs; [..]: {ci:.0%} bootstrap intervals resampling target class "

@@ -276,7 +276,7 @@ def train_group(
                 # dropped, no gradient through them), so the compiled step keeps its shape.
                 fill = lambda x: torch.cat([x, x[:1].expand(len(jobs) - len(x), *x.shape[1:])])  # noqa: E731
                 idx, seeds, acts_in = fill(idx), fill(seeds), fill(acts_in)
-                w_in = torch.cat([w, fill(w.detach())[len(w):]])
+                w_in = torch.cat([w, w.detach()[:1].expand(len(jobs) - len(w), -1)])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 per_model = loss_fn(w_in, data.train.images[idx], data.train.labels[idx], acts_in, cfg.dropout, seeds)
             per_model = per_model[: len(rows)]
