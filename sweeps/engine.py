@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
 import optuna
-import pandas as pd
 import torch
 import yaml
 from ray import tune
@@ -50,7 +49,9 @@ from ray.tune.search.optuna import OptunaSearch
 from wsmerge.cluster import STORAGE_ENV, check_shared, node_id, ray_session, storage_root, under
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.files import atomic_write
-from wsmerge.results import REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, ranking_summary, write_results
+from wsmerge.results import (
+    REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, ranking_summary, read_table, write_results,
+)
 from wsmerge.seeds import train_seeds
 from wsmerge.train import BEST, CHECKPOINT, SELECT, RunConfig, ZooTables, read_zoo, train
 from wsmerge.zoo import MANIFEST, PROFILES, BuildOptions, ZooStoreError, build_zoo, profile
@@ -793,7 +794,7 @@ def _run(cfg: SweepConfig, folder: Path, storage, train_fn: Callable, resume_hin
     repeat_top(cfg, folder, train_fn)
     try:
         written = write_results(folder)
-        print(ranking_summary(pd.read_csv(folder / "ranking.csv")))
+        print(ranking_summary(read_table(folder / "ranking.csv")))
         print(f"results: {folder / 'ranking.md'} and {len(written)} more files in {folder}")
     except Exception as e:  # a reporting problem must not change what the sweep did
         print(f"could not write the results ({type(e).__name__}: {e}); "

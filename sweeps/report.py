@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsmerge.intervals import few_units_warning, unit_text
-from wsmerge.results import COMPLETE, EMPTY, PARTIAL, SweepNotFound, ranking_markdown, write_results
+from wsmerge.results import COMPLETE, EMPTY, PARTIAL, SweepNotFound, ranking_markdown, read_table, write_results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     status = pd.read_parquet(paths["trials.parquet"], columns=["status"])["status"].value_counts()
     print(f"{folder}: {int(status.sum())} trial(s), {status.get(COMPLETE, 0)} complete, "
           f"{status.get(PARTIAL, 0)} partial, {status.get(EMPTY, 0)} empty")
-    rank = pd.read_csv(paths["ranking.csv"])
+    rank = read_table(paths["ranking.csv"])
     if rank.empty:
         print("no complete trial yet: the ranking appears once a trial has tested its model (result.json)")
     else:

@@ -26,6 +26,7 @@ from wsmerge.results import (
     collect,
     mix_string,
     param_importances,
+    read_table,
     write_results,
 )
 from wsmerge.train import RunConfig
@@ -414,6 +415,17 @@ def test_report_prints_the_top_of_the_ranking(tmp_path, capsys):
     # A path works as well as a name.
     assert report([str(folder), "--bootstrap", "0", "--top", "3"]) == 0
     assert "top 3 of 11" in capsys.readouterr().out
+
+
+def test_trial_ids_that_look_like_numbers_stay_names(tmp_path, capsys):
+    # Ray's ids are eight hex digits; these two read as an int and as the float 1.2e+46.
+    tested = {"20277932": ({"mse": 1.0}, 1e-3, 5.0), "12e45678": ({"behavioral": 1.0}, 1e-3, -5.0)}
+    folder = _sweep(tmp_path, "numeric", tested, study=False)
+    write_results(folder, n_boot=20)
+    assert read_table(folder / "ranking.csv")["trial"].tolist() == ["20277932", "12e45678"]
+    assert set(pd.read_parquet(folder / "trials.parquet")["trial"]) >= {"20277932", "12e45678"}
+    assert report([str(folder), "--bootstrap", "20"]) == 0
+    assert "| 12e45678 |" in capsys.readouterr().out
 
 
 def test_report_on_a_missing_sweep_exits_2(tmp_path, capsys):

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 import ray
 import torch
@@ -25,6 +24,7 @@ from sweeps.hparams import HparamSpace, HparamSweep
 from sweeps.hparams import main as hparams_main
 from sweeps.loss_combo import LossComboSweep, LossSpace
 from sweeps.loss_combo import main as loss_combo_main
+from wsmerge.results import read_table
 from wsmerge.train import RunConfig, train
 
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, t
 
     # The trial with the best validation acc_in was trained again with seed 1, for its spread.
     best = max(trials, key=lambda t: max(h["val/generated/acc_in"] for h in _history(folder / engine.TRIALS / t)))
-    repeated = pd.read_csv(folder / "repeats.csv")
+    repeated = read_table(folder / "repeats.csv")
     assert repeated["trial"].tolist() == [best] and repeated["seeds"].tolist() == ["0 1"]
     assert json.loads((folder / "repeats" / best / "seed-1" / "result.json").read_text())["config"]["seed"] == 1
     assert repeated.loc[0, "acc_in/n"] == 2 and "## Across seeds" in (folder / "ranking.md").read_text()

@@ -64,6 +64,7 @@ __all__ = [
     "ranking",
     "ranking_markdown",
     "ranking_summary",
+    "read_table",
     "trials_table",
     "write_results",
 ]
@@ -682,6 +683,15 @@ def ranking_markdown(rank: pd.DataFrame, top: int | None = None) -> str:
         row += [f"{r['best_epoch']} / {r['epochs']}{early}", str(r["trial"])]
         rows.append(row)
     return _md_table(header, rows)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A results CSV (ranking.csv, repeats.csv) as written, trial ids as text.
+
+    Trial ids are eight hex digits: left to pandas, 20277932 reads as an integer and 12e45678
+    as the float 1.2e+46, which no longer names a trial folder.
+    """
+    return pd.read_csv(path, dtype={"trial": str})
 
 
 def ranking_summary(rank: pd.DataFrame, ci: float = 0.95, top: int = 3) -> str:
