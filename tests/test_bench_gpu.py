@@ -1,4 +1,4 @@
-"""bench/gpu.py --quick, the CI smoke of the GPU benchmark: every section runs and prints."""
+"""bench/gpu.py --quick --levers, the CI smoke of the GPU benchmark: every section runs and prints."""
 
 import os
 import re
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_gpu_bench_quick_runs_every_section():
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "bench/gpu.py", "--quick"], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "bench/gpu.py", "--quick", "--levers"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
@@ -27,6 +27,8 @@ def test_gpu_bench_quick_runs_every_section():
         for k in (1, 4, 16):
             assert re.search(rf"{precision}\s+{k} models/step: 5,518,800,000 model-images at [\d,]+/s, "
                              rf"\s*[\d.]+% idle:\s+[\d,.]+ min", out), out
+    assert re.search(r"\(zoo_parts: \d+ s\)", out) and re.search(r"\(merge_part: \d+ s\)", out), out
+    assert re.search(r"^total \d+ s$", out, re.M), out
     assert re.search(r"2 classes \(2 jobs\): fp32 [\d.]+%\s+bf16 [\d.]+%", out), out
     assert re.search(r"5 classes \(2 jobs\): fp32 [\d.]+%\s+bf16 [\d.]+%", out), out
     assert re.search(r"tiny preset \([\d,]+ parameters; a sample's step: mse only [\d.]+ GFLOP, "

@@ -14,7 +14,7 @@ import functools
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ __all__ = ["EarlyStopping", "ModelRecord", "bin_sources", "cyclic_lr", "train_gr
 # Model-images per evaluation forward call (wsmerge.cnn.MAX_MODEL_IMAGES caps it): large
 # calls keep a GPU busy, and at 2**18 the first convolution's output is 4.8 GB in float32.
 _EVAL_MODEL_IMAGES = 2**18
+_EVAL_IMAGE_STEP = 2**11
 
 # Where train_group(compile=True) compiles: a CPU keeps the eager step, whose grouping
 # invariance is tested bit for bit (tests may add "cpu" to check the compiled path).
@@ -135,30 +136,49 @@ def _step_loss(weights, images, labels, activation, dropout, seeds):
 
 
 @functools.cache
-def _compiled_step_loss():
-    # One graph per group width and precision: activations come as ids (batched_forward),
-    # so any mix shares it, and a group keeps its width as models stop (see train_group).
+def _compiled(fn):
+    # The training step: one graph per group width and precision, as activations come as
+    # ids (batched_forward), so any mix shares it, and a group keeps its width as models
+    # stop (see train_group). The evaluation forward: one graph per split's padded length.
     # Static shapes, because inductor fails on this graph with a symbolic model count
     # (torch 2.11-2.13: "cannot determine truth value of Relational"). A build has two or
     # three widths (plan_groups' sizes differ by one); the benchmark tries more.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(_step_loss, dynamic=False)
+    return torch.compile(fn, dynamic=False)
+
+
+def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
+    """x [n, ...] with rows appended, copies of its first, up to `width` rows: a compiled
+    call keeps its shape as models leave the group, and the copies' outputs are dropped."""
+    return torch.cat([x, x[:1].expand(width - len(x), *x.shape[1:])]) if len(x) < width else x
 
 
 @torch.no_grad()
 def _accuracy(
-    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations: list[str]
+    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations, compiled: bool = False
 ) -> list[float]:
-    """Percent accuracy of each model (activations: one per row) on its row of idx [K, n]
-    where mask [K, n] is set (NaN for an empty row). Forward calls stay under
-    `wsmerge.cnn.MAX_MODEL_IMAGES`."""
+    """Percent accuracy of each model (activations: one per row, names, or ids if
+    `compiled`) on its row of idx [K, n] where mask [K, n] is set (NaN for an empty row).
+    Forward calls stay under `wsmerge.cnn.MAX_MODEL_IMAGES`. `compiled`: through the
+    compiled forward, in calls of one shape per split whatever K and the group's classes."""
+    n_rows, forward = len(weights), _forward
+    if compiled:
+        # Images padded to a multiple of _EVAL_IMAGE_STEP (masked out) and rows to a whole
+        # number of calls (copies of the first, dropped): a build's groups, of any width and
+        # class sets, share a handful of graphs.
+        n = -(-idx.shape[1] // _EVAL_IMAGE_STEP) * _EVAL_IMAGE_STEP
+        per_call = max(1, _EVAL_MODEL_IMAGES // n)
+        k = -(-n_rows // per_call) * per_call
+        idx, mask = F.pad(idx, (0, n - idx.shape[1])), F.pad(mask, (0, n - mask.shape[1]))
+        weights, idx, mask, activations = (_widened(x, k) for x in (weights, idx, mask, activations))
+        forward = _compiled(_forward)
     correct = torch.zeros(len(weights), dtype=torch.long, device=weights.device)
     for ms, ns in forward_chunks(len(weights), idx.shape[1], _EVAL_MODEL_IMAGES):
         ci = idx[ms, ns]
-        pred = _forward(weights[ms], split.images[ci], activations[ms]).argmax(-1)
+        pred = forward(weights[ms], split.images[ci], activations[ms]).argmax(-1)
         correct[ms] += ((pred == split.labels[ci]) & mask[ms, ns]).sum(1)
     counts = mask.sum(1)
-    return [100.0 * c / n if n else math.nan for c, n in zip(correct.tolist(), counts.tolist())]
+    return [100.0 * c / n if n else math.nan for c, n in zip(correct[:n_rows].tolist(), counts[:n_rows].tolist())]
 
 
 @torch.no_grad()
@@ -209,14 +229,14 @@ def train_group(
     jobs: Sequence[Job],
     data: MNIST,
     cfg: TrainConfig,
-    on_epoch: Callable[[int], None] | None = None,
     compile: bool = False,
 ) -> list[ModelRecord]:
     """Train `jobs` together on `data`'s device; one record each, in their order, the same
-    as each job trained alone. `compile`: on a GPU, the training step's forward and loss
-    through torch.compile (bf16 on an H200: 1.08× the model-images per second at 256 models
-    a step, 1.19× at 1024, after seconds of compiling per group width); the CPU always runs
-    eagerly."""
+    as each job trained alone. `compile`: on a GPU, the training step (forward and loss)
+    and the evaluation forward through torch.compile, at the group's width whatever models
+    have stopped (bf16 on an H200, the step alone: 1.08× the model-images per second at 256
+    models a step, 1.19× at 1024, after seconds of compiling per group width); the CPU
+    always runs eagerly."""
     # Rows of one activation side by side: each run of them is one activation call.
     order = sorted(range(len(jobs)), key=lambda k: jobs[k].activation)
     jobs = [jobs[k] for k in order]
@@ -224,8 +244,10 @@ def train_group(
     device = data.train.images.device
     bf16 = device.type == "cuda" and cfg.precision == "bf16"
     compiled = compile and device.type in _COMPILE_DEVICES
-    loss_fn = _compiled_step_loss() if compiled else _step_loss
-    act_arg = lambda names: torch.tensor([ACTIVATIONS.index(a) for a in names], device=device) if compiled else names  # noqa: E731
+    loss_fn = _compiled(_step_loss) if compiled else _step_loss
+    # The activations of records `sel` (a LongTensor): ids for a compiled call, names for an eager one.
+    act_ids = torch.tensor([ACTIVATIONS.index(a) for a in acts], device=device)
+    act_of = lambda sel: act_ids[sel] if compiled else [acts[k] for k in sel.tolist()]  # noqa: E731
     records = [ModelRecord(j) for j in jobs]
     gens = [_job_generator(j) for j in jobs]
     # Index lists on the host, one per class set (the activations of a class set share it):
@@ -241,6 +263,7 @@ def train_group(
         )
     }
     train_idx = [lists["train"][j.classes] for j in jobs]
+    # [K, n] image indices and masks by record index, for every job's whole run.
     evals = {name: _padded([lists[name][j.classes] for j in jobs], device) for name in ("val", "in", "out")}
     sched = _Schedule(np.array([math.ceil(len(i) / cfg.batch_size) for i in train_idx]), cfg)
     # Dropout masks hash (job, own update index): a stream per job, as the batch order.
@@ -250,17 +273,17 @@ def train_group(
     m, v = torch.zeros_like(w), torch.zeros_like(w)
     stoppers = [EarlyStopping(cfg.patience, cfg.margin) for _ in jobs]
     rows = list(range(len(jobs)))  # record index of each row of `w`
-    step_acts = act_arg(acts)
+
+    def accuracy(split: Split, name: str, weights: torch.Tensor, ks: list[int]) -> list[float]:
+        sel = torch.tensor(ks, device=device)
+        return _accuracy(weights, split, evals[name][0][sel], evals[name][1][sel], act_of(sel), compiled)
 
     def checkpoint(sel: list[int], epoch: int):
-        ws = w.detach()[sel]
-        acc = {
-            name: _accuracy(ws, data.test, evals[name][0][sel], evals[name][1][sel], [acts[r] for r in sel])
-            for name in ("in", "out")
-        }
+        ws, ks = w.detach()[sel], [rows[r] for r in sel]
+        acc = {name: accuracy(data.test, name, ws, ks) for name in ("in", "out")}
         host = ws.cpu().numpy()
-        for i, r in enumerate(sel):
-            records[rows[r]].checkpoints[epoch] = (host[i].copy(), acc["in"][i], acc["out"][i])
+        for i, k in enumerate(ks):
+            records[k].checkpoints[epoch] = (host[i].copy(), acc["in"][i], acc["out"][i])
 
     for epoch in range(1, cfg.last_epoch + 1):
         neg_step, bc2, active, t = sched.epoch(epoch, device)
@@ -268,14 +291,14 @@ def train_group(
         batches = torch.stack(
             [_epoch_batches(train_idx[k], int(sched.steps[r]), n_steps, cfg.batch_size, gens[k]) for r, k in enumerate(rows)]
         ).to(device)  # [K, S, B]
+        step_acts = act_of(torch.tensor(rows, device=device))
         loss_sum = torch.zeros(len(rows), device=device)
         for s in range(n_steps):
             idx, seeds, w_in, acts_in = batches[:, s], keys + t[s], w, step_acts
             if compiled and len(rows) < len(jobs):
-                # Stopped models' rows refilled with copies of the first (their losses
-                # dropped, no gradient through them), so the compiled step keeps its shape.
-                fill = lambda x: torch.cat([x, x[:1].expand(len(jobs) - len(x), *x.shape[1:])])  # noqa: E731
-                idx, seeds, acts_in = fill(idx), fill(seeds), fill(acts_in)
+                # Stopped models' rows refilled (their losses dropped, no gradient through
+                # them), so the compiled step keeps its shape.
+                idx, seeds, acts_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in))
                 w_in = torch.cat([w, w.detach()[:1].expand(len(jobs) - len(w), -1)])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 per_model = loss_fn(w_in, data.train.images[idx], data.train.labels[idx], acts_in, cfg.dropout, seeds)
@@ -285,7 +308,7 @@ def train_group(
             _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
             loss_sum += torch.where(active[s], per_model.detach(), 0.0)
 
-        val = _accuracy(w.detach(), data.val, *evals["val"], acts)
+        val = accuracy(data.val, "val", w.detach(), rows)
         losses = (loss_sum / torch.from_numpy(sched.steps).to(device)).tolist()
         stopping = []
         for r, k in enumerate(rows):
@@ -307,12 +330,8 @@ def train_group(
             # Stopped models leave the step; every tensor indexed by row follows.
             w = w.detach()[keep].requires_grad_(True)
             m, v, keys = m[keep], v[keep], keys[keep]
-            evals = {name: (i[keep], k[keep]) for name, (i, k) in evals.items()}
             sched = sched.select(keep)
-            rows, acts = [rows[r] for r in keep], [acts[r] for r in keep]
-            step_acts = act_arg(acts)
-        if on_epoch is not None:
-            on_epoch(epoch)
+            rows = [rows[r] for r in keep]
 
     for k in rows:
         records[k].stopped_epoch = cfg.last_epoch
