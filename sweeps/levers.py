@@ -10,7 +10,9 @@ that was cut and skips the finished ones. Then, on each variant's test pairs, on
   better parent (per pair, the parent with the higher acc_in: an oracle choice), averaging,
   task arithmetic and the target, and the generated CNNs' acc_in after fine-tuning;
 - the paired differences generated − better parent and generated − average, with
-  intervals by target and the Wilcoxon p over per-target means.
+  intervals by target and the Wilcoxon p over per-target means;
+- with `reference: <variant>`, each variant's generated acc_in minus the reference's on
+  the same test pairs (variants whose test pairs differ, e.g. another split, get none).
 
 Written to results/<name>/levers.md, levers.csv and levers.png. With no arguments it runs
 sweeps/configs/levers_small.yaml, building the small zoo first if it is missing.
@@ -58,6 +60,7 @@ class LeversConfig:
     run: dict[str, Any]  # a run config (wsmerge.train.RunConfig) without `out`
     variants: dict[str, dict[str, Any]]  # name -> run config keys that differ from `run`
     zoo_profile: str | None = None  # build this zoo profile at run.zoo when it is missing
+    reference: str | None = None  # the variant every other is compared with, pair by pair
     bootstrap: int = 1000  # resamples of every interval
     ci: float = 0.95
     seed: int = 0
@@ -74,6 +77,8 @@ class LeversConfig:
                 raise ValueError(f"variants: {name!r} is not a usable directory name (letters, digits, _ . -)")
             if not isinstance(over, Mapping):
                 raise ValueError(f"variants.{name}: expected a mapping of run config keys, got {over!r}")
+        if self.reference is not None and self.reference not in self.variants:
+            raise ValueError(f"reference: {self.reference!r} is not a variant; variants: {list(self.variants)}")
         if self.zoo_profile is not None and self.zoo_profile not in PROFILES:
             raise ValueError(f"zoo_profile: unknown profile {self.zoo_profile!r}; known: {sorted(PROFILES)}")
         check_int(self.bootstrap, "bootstrap", 0)
@@ -110,10 +115,37 @@ def lever_row(per_pair: pd.DataFrame, n_boot: int, ci: float, seed: int) -> dict
     return row
 
 
-def levers_markdown(table: pd.DataFrame, ci: float) -> str:
+def vs_reference(
+    generated: Mapping[str, pd.DataFrame], reference: str, n_boot: int, ci: float, seed: int
+) -> dict[str, dict[str, float]]:
+    """Per variant: its generated acc_in minus the reference variant's, paired on the same
+    test pairs (generated: variant -> its generated rows with `cnn1`, `cnn2`, `target`, the
+    zoo rows of each test triple). A variant tested on other triples, or the reference
+    itself, gets NaN."""
+    ref = generated[reference]
+    out = {}
+    for name, gen in generated.items():
+        same = name != reference and len(gen) == len(ref) and all(
+            np.array_equal(gen[c].to_numpy(), ref[c].to_numpy()) for c in ("cnn1", "cnn2", "target"))
+        d = paired_difference(gen["acc_in"], ref["acc_in"], ref["c3"], n_boot, ci, seed) if same else None
+        out[name] = {f"vs_reference{k}": np.nan if d is None else getattr(d, a)
+                     for k, a in (("", "value"), ("_lo", "lo"), ("_hi", "hi"), ("_p", "p_value"))}
+    return out
+
+
+def levers_markdown(table: pd.DataFrame, ci: float, reference: str | None = None) -> str:
     header = ["variant", "train / test triples", "generated acc_in", "better parent", "average",
               "task arithmetic", "target", "generated after fine-tuning", "generated − better parent",
-              "generated − average"]
+              "generated − average"] + [f"generated − {reference}"] * (reference is not None)
+
+    def vs_ref(name: str, r: pd.Series) -> list[str]:
+        if reference is None:
+            return []
+        if name == reference or np.isnan(r["vs_reference"]):
+            return ["–" if name == reference else "other test pairs"]
+        return [_interval(r["vs_reference"], r["vs_reference_lo"], r["vs_reference_hi"], "+.1f")
+                + f" (p {r['vs_reference_p']:.2g})"]
+
     rows = [[
         name, f"{r['n_train']:.0f} / {r['n_pairs']:.0f}",
         _interval(r["generated"], r["generated_lo"], r["generated_hi"], ".1f"),
@@ -122,6 +154,7 @@ def levers_markdown(table: pd.DataFrame, ci: float) -> str:
         _interval(r["vs_better_parent"], r["vs_better_parent_lo"], r["vs_better_parent_hi"], "+.1f")
         + f" (p {r['vs_better_parent_p']:.2g})",
         _interval(r["vs_average"], r["vs_average_lo"], r["vs_average_hi"], "+.1f") + f" (p {r['vs_average_p']:.2g})",
+        *vs_ref(name, r),
     ] for name, r in table.iterrows()]
     units = unit_text(int(table["n_targets"].max()), int(table["n_pairs"].max()))
     return (f"Test acc_in (%) on the test pairs; [..]: {ci:.0%} bootstrap intervals resampling target class "
@@ -129,21 +162,24 @@ def levers_markdown(table: pd.DataFrame, ci: float) -> str:
             f"the higher acc_in.\n\n" + _md_table(header, rows) + "\n")
 
 
-def plot_levers(table: pd.DataFrame, ci: float, path: Path) -> Path:
-    fig = _figure(9, 1.6 + 0.45 * len(table))
+def plot_levers(table: pd.DataFrame, ci: float, path: Path, reference: str | None = None) -> Path:
+    fig = _figure(9, 1.6 + 0.5 * len(table))
     ax = fig.add_subplot()
     y = -np.arange(len(table), dtype=float)
-    for shift, vs, color in ((0.12, "better_parent", "tab:blue"), (-0.12, "average", "tab:orange")):
+    series = [(0.15, "better_parent", "tab:blue", "better parent"), (0.0, "average", "tab:orange", "average")]
+    if reference is not None:
+        series.append((-0.15, "reference", "tab:green", reference))
+    for shift, vs, color, label in series:
         v = table[f"vs_{vs}"].to_numpy(float)
         err = np.vstack([v - table[f"vs_{vs}_lo"].to_numpy(float), table[f"vs_{vs}_hi"].to_numpy(float) - v])
         ax.errorbar(v, y + shift, xerr=np.nan_to_num(err), fmt="o", color=color, capsize=3,
-                    label=f"generated − {vs.replace('_', ' ')}")
+                    label=f"generated − {label}")
     ax.axvline(0, color="black", linestyle="--")
     ax.set_yticks(y, list(table.index))
     ax.set_xlabel(f"test acc_in difference, points, paired; {ci:.0%} bootstrap interval resampling targets")
     ax.set_title("What each lever does on CNNs the model has never seen")
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    fig.legend(loc="outside lower center", ncols=len(series), fontsize=8)
     return _save(fig, path)
 
 
@@ -169,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         build_zoo(profile(cfg.zoo_profile), zoo_path, BuildOptions(progress=False))
     runs = {name: cfg.run_config(name, out) for name in cfg.variants}
     zoos = {}  # each zoo read once, whichever variants share it
-    rows = {}
+    rows, generated = {}, {}
     for i, (name, run) in enumerate(runs.items(), 1):
         print(f"[{i}/{len(runs)}] {name}: {run.out}", flush=True)
         if run.zoo not in zoos:
@@ -177,14 +213,22 @@ def main(argv: list[str] | None = None) -> int:
         zoo = zoos[run.zoo]
         result = train(run, resume=True, zoo=zoo)
         per_pair = pd.read_csv(result.out / "test_pairs.csv")
+        pairs = make_pairs(zoo.checkpoints, run.pairs)
         rows[name] = {**lever_row(per_pair, cfg.bootstrap, cfg.ci, cfg.seed),
-                      "n_train": len(make_pairs(zoo.checkpoints, run.pairs)["train"]), "best_epoch": result.best_epoch}
+                      "n_train": len(pairs["train"]), "best_epoch": result.best_epoch}
+        # test_pairs.csv numbers the test triples in the split's order: their zoo rows, by pair.
+        gen = per_pair[per_pair["method"] == "generated"].sort_values("pair").reset_index(drop=True)
+        test = pairs["test"]
+        generated[name] = gen.assign(**{c: test[c].to_numpy()[gen["pair"].to_numpy()] for c in ("cnn1", "cnn2", "target")})
+    if cfg.reference is not None:
+        for name, diff in vs_reference(generated, cfg.reference, cfg.bootstrap, cfg.ci, cfg.seed).items():
+            rows[name].update(diff)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "variant"
     atomic_write(out / "levers.csv", lambda p: table.to_csv(p))
-    md = levers_markdown(table, cfg.ci)
+    md = levers_markdown(table, cfg.ci, cfg.reference)
     atomic_write(out / "levers.md", lambda p: Path(p).write_text(md))
-    plot_levers(table, cfg.ci, out / "levers.png")
+    plot_levers(table, cfg.ci, out / "levers.png", cfg.reference)
     print("\n" + md)
     print(f"written: {out / 'levers.md'}, {out / 'levers.csv'}, {out / 'levers.png'}")
     return 0

@@ -8,22 +8,22 @@ import pytest
 import yaml
 
 from runs import tiny_run
-from sweeps.levers import LeversConfig, lever_row, main
+from sweeps.levers import LeversConfig, lever_row, main, vs_reference
 
 pytestmark = pytest.mark.slow
 
 
-def _config(path, zoo, **variants):
+def _config(path, zoo, reference=None, **variants):
     run = tiny_run(zoo, "unused", epochs=2).to_dict()
     del run["out"]
     cfg = {"run": run, "variants": variants or {"none": {}, "augment": {"permutations": 2}},
-           "bootstrap": 50, "ci": 0.9}
+           "bootstrap": 50, "ci": 0.9, "reference": reference}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
 def test_each_variant_is_a_run_and_the_table_is_its_test_pairs(tiny_zoo, tmp_path, capsys):
-    config = _config(tmp_path / "levers.yaml", tiny_zoo)
+    config = _config(tmp_path / "levers.yaml", tiny_zoo, reference="none")
     assert main(["--config", str(config), "--results", str(tmp_path)]) == 0
     out = tmp_path / "levers"
     table = pd.read_csv(out / "levers.csv", index_col="variant")
@@ -48,6 +48,11 @@ def test_each_variant_is_a_run_and_the_table_is_its_test_pairs(tiny_zoo, tmp_pat
     assert row["target"] == pytest.approx(by["target"]["acc_in"].mean())
     assert row["generated_ft"] == pytest.approx(by["generated"]["ft_acc_in"].mean())
     assert row["n_targets"] == pairs["c3"].nunique()
+    # Against the reference variant, pair by pair on the same test triples.
+    none = pd.read_csv(out / "none" / "test_pairs.csv")
+    none_gen = none[none["method"] == "generated"].sort_values("pair")["acc_in"].to_numpy()
+    assert row["vs_reference"] == pytest.approx((gen - none_gen).mean())
+    assert np.isnan(table.loc["none", "vs_reference"]) and "| generated − none |" in (out / "levers.md").read_text()
     if row["n_targets"] < 2:  # one test target: no interval by target can be drawn
         assert np.isnan(row["vs_better_parent_lo"]) and "[" not in (out / "levers.md").read_text().split("| augment |")[1]
     else:
@@ -76,6 +81,19 @@ def test_lever_row_on_known_pairs():
     assert (row["n_pairs"], row["n_targets"]) == (4, 2)
 
 
+def test_vs_reference_pairs_only_the_same_test_triples():
+    def generated(acc, cnn1=(0, 1, 2, 3)):
+        return pd.DataFrame({"acc_in": acc, "c3": ["0-1", "0-1", "2-3", "2-3"], "cnn1": cnn1,
+                             "cnn2": [4, 5, 6, 7], "target": [8, 8, 9, 9]})
+    frames = {"none": generated([50, 60, 70, 80]), "lever": generated([55, 70, 70, 90]),
+              "other": generated([90, 90, 90, 90], cnn1=(0, 1, 2, 11))}
+    diff = vs_reference(frames, "none", n_boot=200, ci=0.9, seed=0)
+    assert diff["lever"]["vs_reference"] == (5 + 10 + 0 + 10) / 4
+    # Two targets: an interval from resampling them (their mean differences 7.5 and 5).
+    assert 5 <= diff["lever"]["vs_reference_lo"] <= diff["lever"]["vs_reference_hi"] <= 7.5
+    assert all(np.isnan(v) for name in ("none", "other") for v in diff[name].values())
+
+
 def test_variants_change_only_the_keys_they_name(tiny_zoo, tmp_path):
     cfg = LeversConfig.from_yaml(_config(tmp_path / "c.yaml", tiny_zoo, seeds={"pairs": {"max_pairs_per_target": 1}}))
     run = cfg.run_config("seeds", tmp_path)
@@ -89,6 +107,7 @@ def test_variants_change_only_the_keys_they_name(tiny_zoo, tmp_path):
     ({"x": {"align": "spin"}}, "variants.x: align must be one of"),
     ({"x": {"permutations": -1}}, "variants.x: permutations must be an integer >= 0"),
     ({"x": {"pairs": {"split_by": "zoo"}}}, "variants.x"),
+    ({"x": {}, "reference": "y"}, "reference: 'y' is not a variant"),
 ])
 def test_bad_variants_are_exit_code_2_before_training(tiny_zoo, tmp_path, capsys, variants, message):
     config = _config(tmp_path / "bad.yaml", tiny_zoo, **variants)

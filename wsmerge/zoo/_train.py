@@ -27,9 +27,12 @@ from ._config import Job, TrainConfig
 
 __all__ = ["EarlyStopping", "ModelRecord", "bin_sources", "cyclic_lr", "train_group"]
 
-# Model-images per evaluation forward call (wsmerge.cnn.MAX_MODEL_IMAGES caps it): large
-# calls keep a GPU busy, and at 2**18 the first convolution's output is 4.8 GB in float32.
-_EVAL_MODEL_IMAGES = 2**18
+# Model-images per evaluation forward call (wsmerge.cnn.MAX_MODEL_IMAGES caps it): as many
+# as a training step of 1024 models × 64 images, which keeps a GPU busy; there the first
+# convolution's 5×5 patches take 3.8 GB in float32 and its output 1.2 GB (at 2**18, the
+# earlier size, 15 GB and 4.8 GB). Compiled calls pad each split's images to a multiple of
+# _EVAL_IMAGE_STEP.
+_EVAL_MODEL_IMAGES = 2**16
 _EVAL_IMAGE_STEP = 2**11
 
 # Where train_group(compile=True) compiles: a CPU keeps the eager step, whose grouping
