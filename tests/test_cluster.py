@@ -270,7 +270,7 @@ def _placed(log_dir: str, kill: tuple[str, str] | None, together: int = 4):
         write = lambda **end: record.write_text(json.dumps(  # noqa: E731
             {"trial": Path(cfg.out).name, "node": node, "gpus": [str(g) for g in gpus], "start": start, **end}))
         write()
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # a guard against a hang: starting 4 trials on 2 loaded cores took over 120 s
         while len({p.name.rsplit("-", 1)[0] for p in Path(log_dir).glob("*.json")}) < together:
             assert time.time() < deadline, f"fewer than {together} trials ran at once"
             time.sleep(0.1)

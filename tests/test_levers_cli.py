@@ -1,6 +1,7 @@
 """`python -m sweeps.levers`: variants of one run trained side by side, then one table."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,3 +115,9 @@ def test_bad_variants_are_exit_code_2_before_training(tiny_zoo, tmp_path, capsys
     assert main(["--config", str(config), "--results", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("sweeps/configs/levers_*.yaml")), ids=lambda p: p.stem)
+def test_shipped_levers_configs_load(path):
+    cfg = LeversConfig.from_yaml(path)
+    assert cfg.zoo_profile == "small" and cfg.run["zoo"] == "zoo/small"
