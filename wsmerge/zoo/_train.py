@@ -235,11 +235,11 @@ def train_group(
     compile: bool = False,
 ) -> list[ModelRecord]:
     """Train `jobs` together on `data`'s device; one record each, in their order, the same
-    as each job trained alone. `compile`: on a GPU, the training step (forward and loss)
-    and the evaluation forward through torch.compile, at the group's width whatever models
-    have stopped (bf16 on an H200, the step alone: 1.08× the model-images per second at 256
-    models a step, 1.19× at 1024, after seconds of compiling per group width); the CPU
-    always runs eagerly."""
+    as each job trained alone. `compile`: on a GPU, the training step (forward and loss,
+    at the group's width whatever models have stopped) and the evaluation forward (in calls
+    of one shape a split) through torch.compile (bf16 on an H200, the step alone: 1.08× the
+    model-images per second at 256 models a step, 1.19× at 1024, after seconds of compiling
+    per group width); the CPU always runs eagerly."""
     # Rows of one activation side by side: each run of them is one activation call.
     order = sorted(range(len(jobs)), key=lambda k: jobs[k].activation)
     jobs = [jobs[k] for k in order]
