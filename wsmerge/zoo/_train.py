@@ -151,9 +151,10 @@ def _compiled(fn):
 
 
 def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
-    """x [n, ...] with rows appended, copies of its first, up to `width` rows: a compiled
-    call keeps its shape as models leave the group, and the copies' outputs are dropped."""
-    return torch.cat([x, x[:1].expand(width - len(x), *x.shape[1:])]) if len(x) < width else x
+    """x [n, ...] with rows appended, detached copies of its first, up to `width` rows: a
+    compiled call keeps its shape as models leave the group, and the copies' outputs are
+    dropped (no gradient flows through them)."""
+    return torch.cat([x, x[:1].detach().expand(width - len(x), *x.shape[1:])]) if len(x) < width else x
 
 
 @torch.no_grad()
@@ -169,10 +170,10 @@ def _accuracy(
         # Images padded to a multiple of _EVAL_IMAGE_STEP (masked out) and rows to a whole
         # number of calls (copies of the first, dropped): a build's groups, of any width and
         # class sets, share a handful of graphs.
-        n = -(-idx.shape[1] // _EVAL_IMAGE_STEP) * _EVAL_IMAGE_STEP
-        per_call = max(1, _EVAL_MODEL_IMAGES // n)
+        length = -(-idx.shape[1] // _EVAL_IMAGE_STEP) * _EVAL_IMAGE_STEP
+        per_call = max(1, _EVAL_MODEL_IMAGES // length)
         k = -(-n_rows // per_call) * per_call
-        idx, mask = F.pad(idx, (0, n - idx.shape[1])), F.pad(mask, (0, n - mask.shape[1]))
+        idx, mask = (F.pad(x, (0, length - x.shape[1])) for x in (idx, mask))
         weights, idx, mask, activations = (_widened(x, k) for x in (weights, idx, mask, activations))
         forward = _compiled(_forward)
     correct = torch.zeros(len(weights), dtype=torch.long, device=weights.device)
@@ -301,8 +302,7 @@ def train_group(
             if compiled and len(rows) < len(jobs):
                 # Stopped models' rows refilled (their losses dropped, no gradient through
                 # them), so the compiled step keeps its shape.
-                idx, seeds, acts_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in))
-                w_in = torch.cat([w, w.detach()[:1].expand(len(jobs) - len(w), -1)])
+                idx, seeds, acts_in, w_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in, w))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 per_model = loss_fn(w_in, data.train.images[idx], data.train.labels[idx], acts_in, cfg.dropout, seeds)
             per_model = per_model[: len(rows)]
