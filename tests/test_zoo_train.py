@@ -272,17 +272,25 @@ def test_compiled_step_equals_the_eager_one_as_models_stop(mnist, monkeypatch):
     # activations as ids, and the rows of stopped models refilled so the compiled shapes
     # hold. Compiled here on the CPU (the CPU build itself stays eager); models stop at
     # epoch 2 while others train on, and wait for bin 3 to be tested with them.
+    from torch._dynamo.utils import counters
+
     from wsmerge.zoo import _train
     monkeypatch.setattr(_train, "_COMPILE_DEVICES", ("cuda", "cpu"))
-    # Evaluation calls of 2 or 4 models × 16 or 32 images (padded), so rows and images
-    # are both padded and chunked, at a size a CPU runs in moments.
-    monkeypatch.setattr(_train, "_EVAL_IMAGE_STEP", 16)
-    monkeypatch.setattr(_train, "_EVAL_MODEL_IMAGES", 64)
+    # Evaluation calls of 4 models × 8 images: the group's 6 rows (fewer as models stop)
+    # padded to 8, and splits of 8 to 32 images (12 for three classes) cut into calls and
+    # padded, at a size a CPU runs in moments.
+    monkeypatch.setattr(_train, "_EVAL_IMAGE_STEP", 8)
+    monkeypatch.setattr(_train, "_EVAL_MODEL_IMAGES", 32)
     jobs = [Job(c, a, "kaiming_uniform", 0) for c, a in (((0, 1), "relu"), ((2, 3, 4), "tanh"), ((5, 6), "gelu"),
                                                         ((1, 7, 8, 9), "relu"), ((3, 4), "silu"), ((0, 9), "sigmoid"))]
     cfg = TrainConfig(max_epochs=5, bins=(3, 5), train_per_class=64, eval_per_class=4, patience=1, margin=0.0)
     eager = train_group(jobs, mnist, cfg)
+    torch._dynamo.reset()
+    counters.clear()
     compiled = train_group(jobs, mnist, cfg, compile=True)
+    # One graph for the step, one for every evaluation call: three splits of different
+    # lengths and a group that shrinks compile nothing more.
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
     stopped = [r.stopped_epoch for r in eager]
     assert 2 in stopped and 5 in stopped, stopped  # the refilled rows and the wait were exercised
     for a, b in zip(eager, compiled):

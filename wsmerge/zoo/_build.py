@@ -35,9 +35,9 @@ class BuildOptions:
     actors: int | None = None  # default: as many as the cluster's resources hold
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    # Models trained per step by one actor; the zoo is the same whatever it is. On a CPU,
-    # 2 to 4 cost what one does per model (a lone model runs beside a frozen copy of
-    # itself, see _train._forward); on a GPU, hundreds to thousands.
+    # Models trained per step by one actor; the zoo is the same whatever it is. On a CPU
+    # each model runs its own convolutions (wsmerge.cnn.batched_forward), so it changes
+    # little; on a GPU, hundreds to thousands.
     models_per_step: int = 4
     # On a GPU, the training step through torch.compile (_train.train_group); no effect on a CPU.
     compile: bool = True

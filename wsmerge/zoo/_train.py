@@ -30,10 +30,13 @@ __all__ = ["EarlyStopping", "ModelRecord", "bin_sources", "cyclic_lr", "train_gr
 # Model-images per evaluation forward call (wsmerge.cnn.MAX_MODEL_IMAGES caps it): as many
 # as a training step of 1024 models × 64 images, which keeps a GPU busy; there the first
 # convolution's 5×5 patches take 3.8 GB in float32 and its output 1.2 GB (at 2**18, the
-# earlier size, 15 GB and 4.8 GB). Compiled calls pad each split's images to a multiple of
-# _EVAL_IMAGE_STEP.
+# earlier size, 15 GB and 4.8 GB).
 _EVAL_MODEL_IMAGES = 2**16
-_EVAL_IMAGE_STEP = 2**11
+# Compiled evaluation calls take this many images a model, every split padded to a multiple
+# of it: one graph a group width serves every split and class set, and padding wastes
+# little (the full zoo's two-class validation, 2,055 images, runs as 2,176; the benchmark's
+# 200 as 256, where a whole split a call would compile a graph per split length).
+_EVAL_IMAGE_STEP = 2**7
 
 # Where train_group(compile=True) compiles: a CPU keeps the eager step, whose grouping
 # invariance is tested bit for bit (tests may add "cpu" to check the compiled path).
@@ -118,22 +121,9 @@ def _padded(index_lists: list[torch.Tensor], device) -> tuple[torch.Tensor, torc
     return idx.to(device), mask.to(device)
 
 
-def _forward(weights, images, activation, dropout=0.0, seeds=None):
-    """`batched_forward`, with a lone model on a CPU run beside a frozen copy of itself:
-    oneDNN computes a one-group convolution with another algorithm than a grouped one, which
-    would make a model trained alone differ in its last bits."""
-    if weights.shape[0] > 1 or weights.device.type != "cpu":
-        return batched_forward(weights, images, activation, dropout, seeds)
-    pair = lambda t: None if t is None else torch.cat([t, t.detach()])  # noqa: E731
-    own = images if images.dim() == 5 else None
-    out = batched_forward(pair(weights), pair(own) if own is not None else images, list(activation) * 2, dropout,
-                          pair(seeds))
-    return out[:1]
-
-
 def _step_loss(weights, images, labels, activation, dropout, seeds):
     """Each model's mean cross-entropy on its own batch [M]."""
-    logits = _forward(weights, images, activation, dropout, seeds)
+    logits = batched_forward(weights, images, activation, dropout, seeds)
     per_image = F.cross_entropy(logits.float().reshape(-1, 10), labels.reshape(-1), reduction="none")
     return per_image.view(len(weights), -1).mean(1)
 
@@ -142,7 +132,7 @@ def _step_loss(weights, images, labels, activation, dropout, seeds):
 def _compiled(fn):
     # The training step: one graph per group width and precision, as activations come as
     # ids (batched_forward), so any mix shares it, and a group keeps its width as models
-    # stop (see train_group). The evaluation forward: one graph per split's padded length.
+    # stop (see train_group). The evaluation forward: one graph per group width (_accuracy).
     # Static shapes, because inductor fails on this graph with a symbolic model count
     # (torch 2.11-2.13: "cannot determine truth value of Relational"). A build has two or
     # three widths (plan_groups' sizes differ by one); the benchmark tries more.
@@ -159,25 +149,29 @@ def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _accuracy(
-    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations, compiled: bool = False
+    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations, width: int | None = None
 ) -> list[float]:
-    """Percent accuracy of each model (activations: one per row, names, or ids if
-    `compiled`) on its row of idx [K, n] where mask [K, n] is set (NaN for an empty row).
-    Forward calls stay under `wsmerge.cnn.MAX_MODEL_IMAGES`. `compiled`: through the
-    compiled forward, in calls of one shape per split whatever K and the group's classes."""
-    n_rows, forward = len(weights), _forward
-    if compiled:
-        # Images padded to a multiple of _EVAL_IMAGE_STEP (masked out) and rows to a whole
-        # number of calls (copies of the first, dropped): a build's groups, of any width and
-        # class sets, share a handful of graphs.
-        length = -(-idx.shape[1] // _EVAL_IMAGE_STEP) * _EVAL_IMAGE_STEP
-        per_call = max(1, _EVAL_MODEL_IMAGES // length)
+    """Percent accuracy of each model (activations: one per row, names, or ids when
+    compiled) on its row of idx [K, n] where mask [K, n] is set (NaN for an empty row).
+    Forward calls stay under `wsmerge.cnn.MAX_MODEL_IMAGES`. `width` (a group's width):
+    through the compiled forward, in calls of one shape whatever K, the split and the
+    group's classes: min(width, _EVAL_MODEL_IMAGES / _EVAL_IMAGE_STEP) models ×
+    _EVAL_IMAGE_STEP images, the rest padded (rows with copies of the first, dropped;
+    images masked out)."""
+    n_rows = len(weights)
+    if width is None:
+        chunks, forward = forward_chunks(n_rows, idx.shape[1], _EVAL_MODEL_IMAGES), batched_forward
+    else:
+        per_call = max(1, min(width, _EVAL_MODEL_IMAGES // _EVAL_IMAGE_STEP))
         k = -(-n_rows // per_call) * per_call
+        length = max(1, -(-idx.shape[1] // _EVAL_IMAGE_STEP)) * _EVAL_IMAGE_STEP
         idx, mask = (F.pad(x, (0, length - x.shape[1])) for x in (idx, mask))
         weights, idx, mask, activations = (_widened(x, k) for x in (weights, idx, mask, activations))
-        forward = _compiled(_forward)
+        chunks = ((slice(m, m + per_call), slice(i, i + _EVAL_IMAGE_STEP))
+                  for m in range(0, k, per_call) for i in range(0, length, _EVAL_IMAGE_STEP))
+        forward = _compiled(batched_forward)
     correct = torch.zeros(len(weights), dtype=torch.long, device=weights.device)
-    for ms, ns in forward_chunks(len(weights), idx.shape[1], _EVAL_MODEL_IMAGES):
+    for ms, ns in chunks:
         ci = idx[ms, ns]
         pred = forward(weights[ms], split.images[ci], activations[ms]).argmax(-1)
         correct[ms] += ((pred == split.labels[ci]) & mask[ms, ns]).sum(1)
@@ -280,7 +274,8 @@ def train_group(
 
     def accuracy(split: Split, name: str, weights: torch.Tensor, ks: list[int]) -> list[float]:
         sel = torch.tensor(ks, device=device)
-        return _accuracy(weights, split, evals[name][0][sel], evals[name][1][sel], act_of(sel), compiled)
+        return _accuracy(weights, split, evals[name][0][sel], evals[name][1][sel], act_of(sel),
+                         len(jobs) if compiled else None)
 
     def checkpoint(sel: list[int], epoch: int):
         ws, ks = w.detach()[sel], [rows[r] for r in sel]
@@ -289,12 +284,18 @@ def train_group(
         for i, k in enumerate(ks):
             records[k].checkpoints[epoch] = (host[i].copy(), acc["in"][i], acc["out"][i])
 
+    def draw() -> torch.Tensor:
+        """The next epoch's batches of the models in training, on the host: [K, S, B]."""
+        n_steps = int(sched.steps.max())
+        return torch.stack(
+            [_epoch_batches(train_idx[k], int(sched.steps[r]), n_steps, cfg.batch_size, gens[k]) for r, k in enumerate(rows)]
+        )
+
+    upcoming = draw()
     for epoch in range(1, cfg.last_epoch + 1):
         neg_step, bc2, active, t = sched.epoch(epoch, device)
         n_steps = len(active)
-        batches = torch.stack(
-            [_epoch_batches(train_idx[k], int(sched.steps[r]), n_steps, cfg.batch_size, gens[k]) for r, k in enumerate(rows)]
-        ).to(device)  # [K, S, B]
+        batches = upcoming.to(device)
         step_acts = act_of(torch.tensor(rows, device=device))
         loss_sum = torch.zeros(len(rows), device=device)
         for s in range(n_steps):
@@ -311,6 +312,10 @@ def train_group(
             _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
             loss_sum += torch.where(active[s], per_model.detach(), 0.0)
 
+        # Drawn here, a GPU still runs the epoch's queued steps meanwhile (the validation
+        # waits for them): 0.3 s an epoch for 4096 models of 2,000 images on a 2-core host,
+        # against 1.6 s of GPU work at 5M model-images/s.
+        upcoming = draw() if epoch < cfg.last_epoch else None
         val = accuracy(data.val, "val", w.detach(), rows)
         losses = (loss_sum / torch.from_numpy(sched.steps).to(device)).tolist()
         stopping = []
@@ -335,6 +340,8 @@ def train_group(
             m, v, keys = m[keep], v[keep], keys[keep]
             sched = sched.select(keep)
             rows = [rows[r] for r in keep]
+            # Their batches were drawn already; the steps only stopped models needed go.
+            upcoming = upcoming[keep, : int(sched.steps.max())]
 
     for k in rows:
         records[k].stopped_epoch = cfg.last_epoch
