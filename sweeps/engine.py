@@ -50,7 +50,7 @@ from wsmerge.cluster import STORAGE_ENV, check_shared, node_id, ray_session, sto
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.files import atomic_write
 from wsmerge.results import (
-    REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, ranking_summary, read_table, write_results,
+    BASELINE_CACHE, REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, ranking_summary, read_table, write_results,
 )
 from wsmerge.seeds import train_seeds
 from wsmerge.train import BEST, CHECKPOINT, SELECT, RunConfig, ZooTables, read_zoo, train
@@ -401,7 +401,11 @@ def _trial(
     record it is left as it is (train's resume)."""
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     out = trials / tune.get_context().get_trial_id()
-    run = cfg.space.apply(cfg.run, params).replace(out=str(out), zoo=zoo.path)
+    # The trials share their test and validation pairs: the first to score them keeps the
+    # baselines' results for the others.
+    run = cfg.space.apply(cfg.run, params).replace(
+        out=str(out), zoo=zoo.path, baseline_cache=str(trials.parent / BASELINE_CACHE)
+    )
     restored = tune.get_checkpoint()
     if restored is not None and not (out / CHECKPOINT).exists():
         # The run directory is on another node's disk: continue from Tune's copy.

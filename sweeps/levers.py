@@ -34,7 +34,7 @@ from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.files import atomic_write
 from wsmerge.intervals import bootstrap_mean, paired_difference, unit_text
 from wsmerge.pairs import make_pairs
-from wsmerge.results import _figure, _interval, _md_table, _save
+from wsmerge.results import BASELINE_CACHE, _figure, _interval, _md_table, _save
 from wsmerge.train import RunConfig, read_zoo, train
 from wsmerge.zoo import PROFILES, BuildOptions, build_zoo, profile
 
@@ -73,8 +73,9 @@ class LeversConfig:
         if not isinstance(self.variants, Mapping) or not self.variants:
             raise ValueError("variants must be a non-empty mapping: name -> run config keys to change")
         for name, over in self.variants.items():
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise ValueError(f"variants: {name!r} is not a usable directory name (letters, digits, _ . -)")
+            if not isinstance(name, str) or not _NAME.match(name) or name == BASELINE_CACHE:
+                raise ValueError(f"variants: {name!r} is not a usable directory name (letters, digits, _ . -; "
+                                 f"not {BASELINE_CACHE}, where the variants keep their baselines)")
             if not isinstance(over, Mapping):
                 raise ValueError(f"variants.{name}: expected a mapping of run config keys, got {over!r}")
         if self.reference is not None and self.reference not in self.variants:
@@ -89,7 +90,9 @@ class LeversConfig:
             self.run_config(name, Path("."))
 
     def run_config(self, name: str, results: Path) -> RunConfig:
-        d = {**_merged(self.run, self.variants[name]), "out": str(results / name)}
+        # Variants on the same test triples score the baselines once between them.
+        d = {"baseline_cache": str(results / BASELINE_CACHE), **_merged(self.run, self.variants[name]),
+             "out": str(results / name)}
         return RunConfig.from_dict(d, f"variants.{name}")
 
     @classmethod

@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="fraction of a GPU per actor")
     p.add_argument("--models-per-step", type=int, default=BuildOptions.models_per_step,
                    help="models one actor trains per step; the zoo is the same whatever it is "
-                        "(CPU: 2-4; GPU: hundreds to thousands, bench/gpu.py measures)")
+                        "(default: 1 on CPU actors, 256 on GPU actors; bench/gpu.py measures the rates)")
     p.add_argument("--no-compile", action="store_true",
                    help="on a GPU, run the training step eagerly instead of through torch.compile "
                         "(which costs seconds of compilation per actor and gives about 1.7x the speed)")

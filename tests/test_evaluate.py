@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -704,6 +705,58 @@ def test_a_cache_computes_the_merges_once(zoo, monkeypatch):
     cols = ["acc_in", "acc_out", "agreement", "collapsed"]
     pd.testing.assert_frame_equal(again.loc[baselines, cols], first.loc[baselines, cols])
     assert E.METHODS[-2:] == ("ensemble", "target")
+
+
+def test_a_cache_with_fine_tuning_tunes_the_generated_alone_and_changes_nothing(zoo, monkeypatch, tmp_path):
+    # A sweep's trials share one stored cache: the second trial's results, with its own
+    # generated CNNs, must be what it would get evaluating everything itself.
+    tuned = []
+    real = evaluate._finetune_group
+    monkeypatch.setattr(evaluate, "_finetune_group", lambda t, *a: tuned.append(t.shape[0]) or real(t, *a))
+    cfg = EvalConfig(images_per_class=PER_CLASS, finetune_steps=4, finetune_eval_every=2, bootstrap=0,
+                     merges=("ties", "fisher", "ensemble"), merge_images=8)
+    acts = ["relu", "tanh", "relu"]
+    first, second = [zoo["w3"], zoo["init"], zoo["w1"]], [zoo["w2"], zoo["w3"], zoo["init"]]
+    cache: dict = {}
+    _run(zoo, first, cfg=cfg, acts=acts, cache=cache)
+    # Generated, copy1, copy2, average, task arithmetic, TIES, Fisher: 7 tuned per activation.
+    assert tuned == [7, 7]
+    torch.save(cache, tmp_path / "cache.pt")
+    stored = torch.load(tmp_path / "cache.pt", weights_only=True)
+    tuned.clear()
+    cached = _run(zoo, second, cfg=cfg, acts=acts, cache=stored)
+    assert tuned == [1, 1]
+    plain = _run(zoo, second, cfg=cfg, acts=acts)
+    timings = ["merge_seconds"]  # the cache's are the first run's
+    pd.testing.assert_frame_equal(cached.per_pair.drop(columns=timings), plain.per_pair.drop(columns=timings),
+                                  check_exact=True)
+    assert cached.curves.keys() == plain.curves.keys()
+    for method in plain.curves:
+        np.testing.assert_array_equal(cached.curves[method], plain.curves[method], err_msg=method)
+    assert cached.per_pair.query("method == 'fisher'")["merge_seconds"].gt(0).all()
+    with pytest.raises(ValueError, match="made without fine-tuning"):
+        no_ft: dict = {}
+        _run(zoo, first, cfg=dataclasses.replace(cfg, finetune_steps=0), acts=acts, cache=no_ft)
+        _run(zoo, first, cfg=cfg, acts=acts, cache=no_ft)
+
+
+def test_the_baselines_key_follows_every_input_but_the_interval_settings(zoo):
+    m = zoo["mnist"]
+    n = 2
+    w1, w2, w3, init = (zoo[k].expand(n, -1) for k in ("w1", "w2", "w3", "init"))
+    base = dict(w1=w1, w2=w2, w3=w3, c1=[C1] * n, c2=[C2] * n, activations=["relu"] * n, split=m.val,
+                train=m.train, cfg=NO_FT, init=init)
+    key = evaluate.baselines_key(**base)
+    assert evaluate.baselines_key(**base) == key
+    same = [{"cfg": dataclasses.replace(NO_FT, bootstrap=7, ci=0.5, interval_unit="pair")}]
+    changed = [
+        {"w1": w1 + 1e-7}, {"w3": torch.stack([w3[0], w1[0]])}, {"init": None}, {"c2": [C2, (2, 4)]}, {"activations": ["relu", "tanh"]},
+        {"split": m.test}, {"cfg": dataclasses.replace(NO_FT, finetune_steps=1)}, {"cfg": dataclasses.replace(NO_FT, seed=1)},
+    ]
+    for change in same:
+        assert evaluate.baselines_key(**{**base, **change}) == key
+    for change in changed:
+        assert evaluate.baselines_key(**{**base, **change}) != key, change
 
 
 def test_unknown_or_repeated_merges_are_rejected():

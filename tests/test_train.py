@@ -193,6 +193,38 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert f"python -m sweeps.train_one --config {path} --resume" in err and "Traceback" not in err
 
 
+def test_runs_share_their_baselines_and_get_their_own_results(tiny_zoo, tmp_path, monkeypatch):
+    # A sweep's trials: the first run scores the baselines of each split and stores them; a
+    # run with another mix and seed reads them, and gets what it gets evaluating them itself.
+    import wsmerge.evaluate as E
+    from wsmerge.train import _read_baselines
+
+    evaluation = {"images_per_class": 20, "finetune_steps": 4, "finetune_eval_every": 2, "bootstrap": 0,
+                  "merges": ["ties", "ensemble"]}
+    cache = tmp_path / "baselines"
+    first = dict(evaluation=evaluation, epochs=1, predictiveness_images=0, baseline_cache=str(cache))
+    train(tiny_run(tiny_zoo, tmp_path / "a", **first))
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["test", "val"]
+    merged = []
+    real = E._merge_group
+    monkeypatch.setattr(E, "_merge_group", lambda *a: merged.append(a[0]) or real(*a))
+    other = dict(first, losses={"mse": 1.0}, seed=1)
+    shared = train(tiny_run(tiny_zoo, tmp_path / "b", **other))
+    assert merged == []  # both splits read from the cache
+    alone = train(tiny_run(tiny_zoo, tmp_path / "c", **{**other, "baseline_cache": None}))
+    assert merged
+    assert same(strip_time(shared.history), strip_time(alone.history)) and same(shared.test, alone.test)
+    timing = ["merge_seconds"]  # the cache's are the first run's
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b" / "test_pairs.csv").drop(columns=timing),
+                                  pd.read_csv(tmp_path / "c" / "test_pairs.csv").drop(columns=timing))
+    # A truncated cache costs the evaluation again (read as empty, then written anew), not the run.
+    stored = next(cache.glob("test-*.pt"))
+    assert set(_read_baselines(stored, "cpu")) == {"relu", "tanh"}
+    stored.write_bytes(stored.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable baselines' cache"):
+        assert _read_baselines(stored, "cpu") == {}
+
+
 # -- permutation augmentation and canonical alignment -------------------------------------------
 
 

@@ -25,6 +25,8 @@ Every CNN of every pair of one activation runs through one batched functional fo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -48,6 +50,7 @@ __all__ = [
     "METHODS",
     "EvalConfig",
     "EvalResult",
+    "baselines_key",
     "catchup_steps",
     "correlation",
     "default_chunk",
@@ -71,6 +74,9 @@ _PRED_METRICS = (
     "acc_in", "acc_out", "acc_c1", "acc_c2", "forget_c1", "forget_c2", "agreement", "logit_spread"
 )
 _FT_METRICS = ("ft_acc_in", "ft_acc_out", "ft_drop")
+# In `baselines_key`: a change to what `evaluate_merges` keeps in its cache, or to how
+# the baselines are computed, bumps it, so that no stored cache of another kind is read.
+_CACHE_FORMAT = 1
 
 
 def _check_merges(names: Any) -> tuple[str, ...]:
@@ -382,8 +388,7 @@ def default_chunk(device: torch.device | str) -> int:
 
     The first convolution's output takes 18 KB per model×image in float32. A GPU wants large
     calls (32768: 600 MB); a CPU is bound by memory traffic, and calls whose activations stay
-    near its caches (1024: 18 MB) run the batched forward faster than a loop over models
-    (bench/merge_throughput.py), where 32768 ran it slower.
+    near its caches (1024: 18 MB) ran faster than calls of 32768 (bench/merge_throughput.py).
     """
     return 32768 if torch.device(device).type == "cuda" else 1024
 
@@ -657,6 +662,8 @@ def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train,
     in3 = (in1 | in2)[:, labels]
     # "generated" leads `methods`: the rows after it are the baselines, fixed for a split.
     cached = cache is not None and activation in cache
+    if cached and cfg.finetune_steps and "curves" not in cache[activation]:
+        raise ValueError("the baselines' cache was made without fine-tuning; evaluate with the config that made it")
     run = 1 if cached else len(weight_methods)
     preds, spread = _predict_with_spread(
         stack[:run].reshape(-1, d), images, activation, in3.repeat(run, 1), cfg.forward_chunk
@@ -669,9 +676,11 @@ def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train,
         spread = torch.cat([spread[:at], spread.new_full((1, n_pairs), math.nan), spread[at:]])
     if cache is not None:
         if cached:
-            preds, spread = torch.cat([preds, cache[activation][0]]), torch.cat([spread, cache[activation][1]])
+            entry = cache[activation]
+            preds, spread = torch.cat([preds, entry["preds"].long()]), torch.cat([spread, entry["spread"]])
         else:
-            cache[activation] = (preds[1:], spread[1:])
+            # Predictions are classes 0-9 or -1: int8 keeps a stored cache small.
+            cache[activation] = {"preds": preds[1:].to(torch.int8), "spread": spread[1:]}
     out = _numpy(_accuracies(preds, labels, in1, in2))
     out["agreement"] = (_percent(preds == preds[-1], in3) / 100).cpu().numpy()
     out["logit_spread"] = spread.cpu().numpy()
@@ -690,10 +699,17 @@ def _evaluate_group(methods, stack, activation, in1, in2, images, labels, train,
     if not cfg.finetune_steps:
         return out, None
     n_tuned = len(weight_methods) - 1
-    acc0 = out["acc_in"][:n_tuned]
+    # Cached: only the generated CNNs are fine-tuned. Every model takes the same batches
+    # (drawn per pair) and its own Adam, so the baselines' results are the ones made with it.
+    run = 1 if cached else n_tuned
     curves, ft = _finetune_group(
-        stack[:n_tuned], activation, in1, in2, images, labels, acc0, train, cfg, gen
+        stack[:run], activation, in1, in2, images, labels, out["acc_in"][:run], train, cfg, gen
     )
+    if cached:
+        curves = np.concatenate([curves, cache[activation]["curves"].cpu().numpy()])
+        ft = {k: np.concatenate([v, cache[activation]["ft"][k].cpu().numpy()]) for k, v in ft.items()}
+    elif cache is not None:
+        cache[activation].update(curves=torch.from_numpy(curves[1:]), ft={k: torch.from_numpy(v[1:]) for k, v in ft.items()})
     out.update(ft)
     out["catchup_steps"][:n_tuned] = np.stack([catchup_steps(c, _step_grid(cfg), bar) for c in curves])
     return out, curves
@@ -737,6 +753,31 @@ def _frame(methods, metrics, sets1, sets2, acts, loss) -> pd.DataFrame:
     return frame
 
 
+def baselines_key(
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    w3: torch.Tensor,
+    c1: Sequence[Sequence[int]],
+    c2: Sequence[Sequence[int]],
+    activations: Sequence[str],
+    split: Split,
+    train: Split,
+    cfg: EvalConfig,
+    init: torch.Tensor | None = None,
+) -> str:
+    """A digest of everything `evaluate_merges`' baselines depend on (the pairs' weights and
+    classes, the scored and training images, the config but its interval settings, the
+    device kind and the torch version): calls with equal keys may share a cache."""
+    h = hashlib.sha256()
+    for t in (w1, w2, w3, init, split.images, split.labels, train.images, train.labels):
+        h.update(b"-" if t is None else t.detach().cpu().contiguous().numpy().tobytes())
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("bootstrap", "ci", "interval_unit")}
+    about = [[list(c) for c in c1], [list(c) for c in c2], list(activations), settings, w1.device.type,
+             torch.__version__, _CACHE_FORMAT]
+    h.update(json.dumps(about, sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
 @torch.no_grad()  # the fine-tuning step alone turns gradients back on
 def evaluate_merges(
     generated: torch.Tensor,
@@ -761,8 +802,10 @@ def evaluate_merges(
     the Transformer's loss per pair, correlated with the generated CNNs' acc_in. init [P, 2464]:
     the pairs' shared epoch-0 weights, which enable the task-arithmetic baseline.
     cache: a dict the caller keeps across calls that differ only in `generated` (a run's
-    validation, epoch after epoch): the baselines never change, so their predictions are
-    made once and kept in it; the results are the same as without it.
+    validation, epoch after epoch; a sweep's trials on the same test pairs, saved under
+    `baselines_key`): the baselines never change, so their merges, predictions and
+    fine-tuning are made once and kept in it (tensors only, so it saves and loads with
+    `torch.load(weights_only=True)`); the results are the same as without it.
     Inputs are left untouched; results are deterministic given `cfg.seed`.
     """
     sets1, sets2, acts, loss = _validate(
@@ -791,18 +834,22 @@ def evaluate_merges(
         rows = torch.tensor(sel, device=device)
         weights = [w.index_select(0, rows) for w in (generated, w1, w2, w3)]
         group_init = None if init is None else init.index_select(0, rows)
-        if cache is not None and act in cache and not cfg.finetune_steps:
-            stack = weights[0][None].detach().float()  # the baselines' predictions are cached
+        cached = cache is not None and act in cache
+        if cached:
+            stack = weights[0][None].detach().float()  # the baselines' results are cached
+            seconds = cache[act]["seconds"]
         else:
             merged, seconds = _merge_group(
                 merges, weights[1], weights[2], group_init, in1[rows], in2[rows], act, train, cfg, merge_gen
             )
             stack = _stack_methods(methods, *weights, group_init, merged)
-            for name, sec in seconds.items():
-                metrics["merge_seconds"][methods.index(name), sel] = sec
+        for name, sec in seconds.items():
+            metrics["merge_seconds"][methods.index(name), sel] = sec
         group, group_curves = _evaluate_group(
             methods, stack, act, in1[rows], in2[rows], images, labels, train, cfg, gen, cache
         )
+        if cache is not None and not cached:
+            cache[act]["seconds"] = dict(seconds)
         for name, values in group.items():
             into = metrics.setdefault(name, np.full((len(methods), n_pairs), np.nan))
             into[: len(values), sel] = values

@@ -75,6 +75,7 @@ SWEEP_FILE = "sweep.yaml"
 STUDY_FILE = "study.db"
 TRIALS = "trials"
 REPEATS = "repeats"  # repeats/<trial id>/: the top trials trained again with other seeds
+BASELINE_CACHE = "baselines"  # the baselines' evaluations the runs share (RunConfig.baseline_cache)
 
 COMPLETE, PARTIAL, EMPTY = "complete", "partial", "empty"
 BASELINES: tuple[str, ...] = tuple(m for m in METHODS if m != "generated")
@@ -82,9 +83,10 @@ BASELINES: tuple[str, ...] = tuple(m for m in METHODS if m != "generated")
 DATA_FREE: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic", *(m for m in MERGES if MERGES[m].data_free))
 # The baselines whose paired differences get a column of ranking.md (ranking.csv has them all).
 _MD_VS: tuple[str, ...] = ("copy1", "copy2", "average", "task_arithmetic", "target")
-# Run settings the sweep sets per trial (where it writes, how chatty, and how many epochs a
-# trial the scheduler stopped ran before its test), not hyperparameters.
-_NOT_SETTINGS = ("out", "progress", "epochs")
+# Run settings the sweep sets per trial (where it writes, how chatty, how many epochs a
+# trial the scheduler stopped ran before its test, where the baselines are kept), not
+# hyperparameters.
+_NOT_SETTINGS = ("out", "progress", "epochs", "baseline_cache")
 _META = ("trial", "status", "epochs", "best_epoch", "stopped_early")
 _RANKING_BASE = (
     "rank", "trial", "mix", "acc_in", "acc_in_lo", "acc_in_hi", "best_baseline", "vs_best", "vs_best_lo",

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -36,7 +37,7 @@ from wsmerge.align import ALIGN, align, canonical_perms, nearest_to_mean, unalig
 from wsmerge.cnn import HIDDEN_SIZES, permute_units
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.data import MNIST, load_mnist
-from wsmerge.evaluate import EvalConfig, evaluate_merges, groups_of
+from wsmerge.evaluate import EvalConfig, baselines_key, evaluate_merges, groups_of
 from wsmerge.files import atomic_write, write_json
 from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix
 from wsmerge.model import ModelConfig, TransformerAE
@@ -58,7 +59,7 @@ _FORMAT = "wsmerge-run-checkpoint"
 SELECT = "val/generated/acc_in"
 # Fields that may differ between a run and the run it resumes: where it writes, how long
 # it goes on, and how chatty it is.
-_RESUMABLE_CHANGES = ("out", "epochs", "progress")
+_RESUMABLE_CHANGES = ("out", "epochs", "progress", "baseline_cache")
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,11 @@ class RunConfig:
     # (no effect on a CPU).
     compile: bool = False
     progress: bool = True
+    # A folder for runs scored on the same pairs (a sweep sets <sweep>/baselines for its
+    # trials and repeats): the first to evaluate a split stores its baselines' merges,
+    # predictions and fine-tuning there, under `wsmerge.evaluate.baselines_key`, and the
+    # others read them, with the same results. None: every run computes its own.
+    baseline_cache: str | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -161,6 +167,8 @@ class RunConfig:
         for name in ("lr", "grad_clip"):
             check_number(getattr(self, name), name, 0, open_low=True)
         check_number(self.weight_decay, "weight_decay", 0, 1)
+        if self.baseline_cache is not None and not isinstance(self.baseline_cache, str):
+            raise ValueError(f"baseline_cache must be a folder path or null, got {self.baseline_cache!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
         if self.precision not in ("bf16", "fp32"):
@@ -494,6 +502,18 @@ def _generate(cfg, model, data, split, device, gen, scales) -> tuple[torch.Tenso
     return generated, per_pair
 
 
+def _read_baselines(path: Path, device) -> dict:
+    """A stored baselines' cache, or {} when there is none or it cannot be read (a run
+    evaluates the baselines then, and stores them again)."""
+    if not path.exists():
+        return {}
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file costs the evaluation, not the run
+        warnings.warn(f"{path}: unreadable baselines' cache ({e}); evaluating the baselines again")
+        return {}
+
+
 def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig, scales, exact: bool = False, cache=None):
     """(EvalResult, summary, table) of `split`: `table` is the loss-predictiveness table when
     `exact`, else None. cache: kept by the caller across epochs (see evaluate_merges)."""
@@ -502,10 +522,19 @@ def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig, scales, exa
     w1, w2, w3 = data.pairs.tensors(split, data.weights)
     meta = data.pairs.meta(split)
     images = data.mnist.val if split == "val" else data.mnist.test
+    inputs = (w1, w2, w3, meta["c1"], meta["c2"], meta["activation"], images, data.mnist.train, eval_cfg)
+    cache = {} if cache is None else cache
+    stored = None
+    if cfg.baseline_cache and not cache:
+        stored = Path(cfg.baseline_cache) / f"{split}-{baselines_key(*inputs, init=data.init[split])}.pt"
+        cache.update(_read_baselines(stored, device))
+    made = not cache
     result = evaluate_merges(
-        data.target_order(split, generated), w1, w2, w3, meta["c1"], meta["c2"], meta["activation"], images,
-        data.mnist.train, eval_cfg, pair_loss=losses["loss"], init=data.init[split], cache=cache,
+        data.target_order(split, generated), *inputs, pair_loss=losses["loss"], init=data.init[split], cache=cache
     )
+    if stored is not None and made:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(stored, lambda p: torch.save(cache, p))
     for k, v in losses.items():
         result.per_pair[f"loss/{k}"] = result.per_pair["pair"].map(dict(enumerate(v)))
     table = None

@@ -35,10 +35,11 @@ class BuildOptions:
     actors: int | None = None  # default: as many as the cluster's resources hold
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    # Models trained per step by one actor; the zoo is the same whatever it is. On a CPU
-    # each model runs its own convolutions (wsmerge.cnn.batched_forward), so it changes
-    # little; on a GPU, hundreds to thousands.
-    models_per_step: int = 4
+    # Models trained per step by one actor; the zoo is the same whatever it is. None: 1 for
+    # CPU actors, where each model runs its own convolutions anyway (wsmerge.cnn.batched_forward)
+    # and single models share out over the actors best; 256 for GPU actors, which want
+    # hundreds to thousands (at 1024 the full zoo makes 6 groups, too few for 8 GPUs).
+    models_per_step: int | None = None
     # On a GPU, the training step through torch.compile (_train.train_group); no effect on a CPU.
     compile: bool = True
     data_root: str | None = None
@@ -53,6 +54,8 @@ class BuildOptions:
         g = self.gpus_per_actor
         if g < 0 or (g > 1 and not float(g).is_integer()):
             raise ValueError(f"gpus_per_actor must be a fraction in [0, 1] or a whole number, got {self.gpus_per_actor}")
+        if self.models_per_step is None:
+            object.__setattr__(self, "models_per_step", 256 if g > 0 else 1)
         if self.models_per_step < 1:
             raise ValueError(f"models_per_step must be >= 1, got {self.models_per_step}")
 
@@ -170,8 +173,10 @@ def _run(store: ZooStore, groups: list[list[Job]], images: dict[Job, int], opts:
             group = queue.pop()
             in_flight[actor.train_jobs.remote(group)] = (actor, group)
 
-    # Two groups per actor keep it busy while the driver writes the previous result.
-    for actor in actors * 2:
+    # One group per actor at a time, the next to whichever actor is free first: a second one
+    # queued behind a long group would wait there while another actor sits idle (the
+    # driver's write between two groups takes milliseconds).
+    for actor in actors:
         submit(actor)
     bar = tqdm(
         total=report.total, initial=report.skipped, unit="model", desc=f"zoo {store.config.name}",
@@ -212,9 +217,8 @@ def _run(store: ZooStore, groups: list[list[Job]], images: dict[Job, int], opts:
 
 
 def _fill(alive: set, in_flight: dict, submit) -> None:
-    """Give each live actor with fewer than two groups in flight another one: requeued
-    work must not wait for a busy actor while another sits idle."""
-    busy = Counter(actor for actor, _ in in_flight.values())
-    for actor in list(alive):
-        for _ in range(2 - busy[actor]):
-            submit(actor)
+    """Give each live actor without a group in flight one: requeued work must not wait for
+    a busy actor while another sits idle."""
+    busy = {actor for actor, _ in in_flight.values()}
+    for actor in alive - busy:
+        submit(actor)

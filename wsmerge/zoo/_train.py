@@ -300,17 +300,27 @@ def train_group(
         loss_sum = torch.zeros(len(rows), device=device)
         for s in range(n_steps):
             idx, seeds, w_in, acts_in = batches[:, s], keys + t[s], w, step_acts
+            part = None
             if compiled and len(rows) < len(jobs):
                 # Stopped models' rows refilled (their losses dropped, no gradient through
                 # them), so the compiled step keeps its shape.
                 idx, seeds, acts_in, w_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in, w))
+            elif not compiled and s >= sched.steps.min():
+                # Eagerly, models past their own epoch leave the step (on a CPU each model
+                # costs its own forward): the rows still in it, chosen on the host.
+                part = torch.from_numpy(np.flatnonzero(sched.steps > s)).to(device)
+                idx, seeds, w_in = idx[part], seeds[part], w[part]
+                acts_in = [step_acts[i] for i in part.tolist()]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 per_model = loss_fn(w_in, data.train.images[idx], data.train.labels[idx], acts_in, cfg.dropout, seeds)
             per_model = per_model[: len(rows)]
             # A sum keeps each model's gradient its own mean-loss gradient.
             (grad,) = torch.autograd.grad(per_model.sum(), w)
             _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
-            loss_sum += torch.where(active[s], per_model.detach(), 0.0)
+            if part is None:
+                loss_sum += torch.where(active[s], per_model.detach(), 0.0)
+            else:
+                loss_sum.index_add_(0, part, per_model.detach())
 
         # Drawn here, a GPU still runs the epoch's queued steps meanwhile (the validation
         # waits for them): 0.3 s an epoch for 4096 models of 2,000 images on a 2-core host,
