@@ -302,12 +302,12 @@ def _most_at_once(runs: list[dict]) -> int:
 
 
 def _outcome(folder: Path) -> dict:
-    """Each trial's test result and epochs, keyed by what it ran (its config less its folder)."""
+    """Each trial's test result and epochs, keyed by what it ran (its config less its folders)."""
     out = {}
     for d in (folder / engine.TRIALS).iterdir():
         result = json.loads((d / "result.json").read_text())
         history = json.loads((d / "history.json").read_text())["history"]
-        key = json.dumps({k: v for k, v in result["config"].items() if k != "out"}, sort_keys=True)
+        key = json.dumps({k: v for k, v in result["config"].items() if k not in ("out", "baseline_cache")}, sort_keys=True)
         out[key] = (result["test"], strip_time(history))
     return out
 

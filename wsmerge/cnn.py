@@ -23,6 +23,7 @@ __all__ = [
     "ACTIVATIONS",
     "INITS",
     "LAYER_SHAPES",
+    "LOOP_IMAGES",
     "N_PARAMS",
     "MAX_MODEL_IMAGES",
     "HIDDEN_SIZES",
@@ -228,6 +229,9 @@ def init_weights(activation: str, init: str, seed: int) -> torch.Tensor:
     return torch.cat([p.reshape(-1) for p in parts])
 
 
+# On a CPU, models that see this many images or more run one by one (batched_forward).
+LOOP_IMAGES = 16
+
 # torch's convolution kernels index with 32-bit integers: on CUDA a call whose input or
 # output passes 2**31 elements raises (`canUse32BitIndexMath`). The widest activation is the
 # first convolution's output, 8 × 24 × 24 elements per model-image, so this many
@@ -280,7 +284,13 @@ def dropout_keep(seeds: torch.Tensor, layer: int, shape: tuple[int, ...], p: flo
 def _grouped_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # x: [N, M*Cin, H, W]; w: [M, Cout, Cin, k, k]; one conv call for all M models.
     m, cout = w.shape[:2]
-    return F.conv2d(x, w.reshape(m * cout, *w.shape[2:]), b.reshape(m * cout), groups=m)
+    if x.device.type != "cpu":
+        return F.conv2d(x, w.reshape(m * cout, *w.shape[2:]), b.reshape(m * cout), groups=m)
+    # oneDNN adds a bias with another kernel once a call has 64 output channels or more,
+    # so a model's output would depend on how many models share the call; added apart, the
+    # bias leaves every model's result its own, bit for bit.
+    y = F.conv2d(x, w.reshape(m * cout, *w.shape[2:]), groups=m)
+    return (y.view(len(y), m, cout, *y.shape[2:]) + b.view(1, m, cout, 1, 1)).view(y.shape)
 
 
 def conv1_im2col(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
@@ -346,14 +356,16 @@ def batched_forward(
     or a LongTensor [M] of indices into ACTIVATIONS (for torch.compile: one graph for any
     mix). Returns [M, N, 10].
 
-    On a GPU, grouped convolutions run all M models in one kernel call per layer (the first
+    Grouped convolutions run all M models in one kernel call per layer (on a GPU the first
     one, on per-model images, as `conv1_im2col`), each run of equal activations one call.
-    On a CPU each model runs on its own, as an nn.Module would: oneDNN's grouped
-    convolutions took 1.4-3× as long a model (one thread: 9.4 against 4.8 ms a training
-    step of 64 images at 32 models; 52 against 18 s scoring 420 models on 1,000 shared
-    images), and a model's result is then the same bits whatever shares its call. The
-    result is differentiable with respect to both weights and images. Dropout (training)
-    needs `dropout_seeds` [M], one per model and call: its masks come from `dropout_keep`.
+    On a CPU, models with `LOOP_IMAGES` images or more run one by one instead, as an
+    nn.Module would: there oneDNN's grouped convolutions took 1.4-3× as long a model (one
+    thread: 9.4 against 4.8 ms a training step of 64 images at 32 models; 52 against 18 s
+    scoring 420 models on 1,000 shared images), while with a few images a model they were
+    up to 7× faster than the loop (one image each: Fisher's per-image gradients). Either
+    way a model's result is the same bits whatever shares its call. The result is
+    differentiable with respect to both weights and images. Dropout (training) needs
+    `dropout_seeds` [M], one per model and call: its masks come from `dropout_keep`.
     """
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [M, {N_PARAMS}], got {tuple(weights.shape)}")
@@ -367,11 +379,18 @@ def batched_forward(
     act = _activation_runs(activation, m)
     if weights.device.type == "cpu" and not isinstance(activation, torch.Tensor):
         names = [activation] * m if isinstance(activation, str) else list(activation)
-        seeds = [None] * m if dropout == 0 else dropout_seeds.split(1)
-        return torch.stack([
-            _one_forward(w, images[k] if images.dim() == 5 else images, names[k], dropout, seeds[k])
-            for k, w in enumerate(weights)
-        ])
+        if images.shape[-4] >= LOOP_IMAGES:
+            seeds = [None] * m if dropout == 0 else dropout_seeds.split(1)
+            return torch.stack([
+                _one_forward(w, images[k] if images.dim() == 5 else images, names[k], dropout, seeds[k])
+                for k, w in enumerate(weights)
+            ])
+        if m == 1:
+            # oneDNN computes a one-group convolution with another algorithm than a grouped
+            # one: a lone model runs beside a frozen copy of itself, as it would in a group.
+            pair = lambda t: None if t is None else torch.cat([t, t.detach()])  # noqa: E731
+            both = pair(images) if images.dim() == 5 else images
+            return batched_forward(pair(weights), both, names * 2, dropout, pair(dropout_seeds))[:1]
 
     p = unflatten(weights)
     if images.dim() == 4:

@@ -1,7 +1,8 @@
 """Training zoo CNNs with the seed recipe, one model or many per step.
 
 All models of a group step together: their weights are the rows of one [K, 2464] tensor
-run through the grouped-convolution forward (rows of one activation side by side).
+run through `batched_forward` (grouped convolutions; on a CPU, batches of 16 images or
+more model by model).
 Nothing a model sees depends on the rest of its group: each model has its own epoch length, cyclic schedule,
 Adam step count, batch order and dropout masks, and a model whose epoch has ended sits out
 the group's remaining steps (no update, no Adam state change). So a zoo is the same, bit
@@ -305,9 +306,9 @@ def train_group(
                 # Stopped models' rows refilled (their losses dropped, no gradient through
                 # them), so the compiled step keeps its shape.
                 idx, seeds, acts_in, w_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in, w))
-            elif not compiled and s >= sched.steps.min():
-                # Eagerly, models past their own epoch leave the step (on a CPU each model
-                # costs its own forward): the rows still in it, chosen on the host.
+            elif not compiled and device.type == "cpu" and s >= sched.steps.min():
+                # On a CPU, where each model costs its own forward, models past their own
+                # epoch leave the step (a GPU keeps the shape, and the host never waits).
                 part = torch.from_numpy(np.flatnonzero(sched.steps > s)).to(device)
                 idx, seeds, w_in = idx[part], seeds[part], w[part]
                 acts_in = [step_acts[i] for i in part.tolist()]
