@@ -37,8 +37,9 @@ class BuildOptions:
     gpus_per_actor: float = 0.0
     # Models trained per step by one actor; the zoo is the same whatever it is. None: 1 for
     # CPU actors, where a batch of 16 images or more runs model by model anyway
-    # (wsmerge.cnn.batched_forward) and single models share out over the actors best; 256 for GPU actors, which want
-    # hundreds to thousands (at 1024 the full zoo makes 6 groups, too few for 8 GPUs).
+    # (wsmerge.cnn.batched_forward) and single models share out over the actors best; 256
+    # for GPU actors, which want hundreds to thousands (at 1024 the full zoo makes 6
+    # groups, too few for 8 GPUs).
     models_per_step: int | None = None
     # On a GPU, the training step through torch.compile (_train.train_group); no effect on a CPU.
     compile: bool = True
