@@ -523,16 +523,17 @@ def _evaluate(cfg, model, data, split, device, eval_cfg: EvalConfig, scales, exa
     meta = data.pairs.meta(split)
     images = data.mnist.val if split == "val" else data.mnist.test
     inputs = (w1, w2, w3, meta["c1"], meta["c2"], meta["activation"], images, data.mnist.train, eval_cfg)
-    cache = {} if cache is None else cache
-    stored = None
+    stored = made = None
     if cfg.baseline_cache and not cache:
+        # The validation's cache is the caller's, filled in place; the test's is this call's.
+        cache = {} if cache is None else cache
         stored = Path(cfg.baseline_cache) / f"{split}-{baselines_key(*inputs, init=data.init[split])}.pt"
         cache.update(_read_baselines(stored, device))
-    made = not cache
+        made = not cache
     result = evaluate_merges(
         data.target_order(split, generated), *inputs, pair_loss=losses["loss"], init=data.init[split], cache=cache
     )
-    if stored is not None and made:
+    if made:
         stored.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(stored, lambda p: torch.save(cache, p))
     for k, v in losses.items():
