@@ -93,6 +93,27 @@ def test_training_learns(mnist):
     assert rec.train_loss[1] < rec.train_loss[0]
 
 
+def test_cudnn_times_its_algorithms_while_a_group_trains_and_the_flag_is_restored(mnist, monkeypatch):
+    import wsmerge.zoo._train as train
+
+    seen = []
+
+    def step_loss(*args):
+        seen.append(torch.backends.cudnn.benchmark)
+        if len(seen) == 2:
+            raise RuntimeError("killed mid-epoch")
+        return step(*args)
+
+    step = train._step_loss
+    monkeypatch.setattr(train, "_step_loss", step_loss)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = TrainConfig(max_epochs=1, bins=(1,), train_per_class=64, eval_per_class=10)
+    with pytest.raises(RuntimeError, match="killed mid-epoch"):
+        train_group([Job((0, 1), "relu", "kaiming_uniform", 0)], mnist, cfg)
+    assert seen == [True, True]
+    assert torch.backends.cudnn.benchmark is False
+
+
 def test_adam_matches_torch_bit_for_bit():
     """The per-model Adam (own step count, own cyclic schedule, rows sitting out steps)
     against torch.optim.Adam + the cyclic schedule on each model alone."""

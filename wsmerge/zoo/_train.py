@@ -47,6 +47,12 @@ _COMPILE_DEVICES = ("cuda",)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
+def _phase(name: str) -> torch.profiler.record_function:
+    """A labelled range in a torch.profiler trace (bench/gpu.py --profile splits an epoch's
+    time by them); without a profiler running it costs microseconds."""
+    return torch.profiler.record_function(f"zoo.{name}")
+
+
 class EarlyStopping:
     """Stop once validation accuracy has stayed within `margin` points of the previous
     epoch's for `patience` consecutive epochs (seed report, section 3.2)."""
@@ -224,6 +230,28 @@ class _Schedule:
         return to(neg_step, torch.float32), to(bc2, torch.float32), to(active, torch.bool), to(t, torch.long)
 
 
+def _cudnn_autotuned(fn):
+    """`fn` with cuDNN timing its algorithms once per convolution shape, the flag restored
+    after. On an H200 its defaults ran the group's float32 grouped convolutions (every
+    evaluation forward) as one kernel per pair of models, 256 a convolution at 512 models,
+    and the bf16 step's weight gradient slower than needed: autotuned, bf16 at 1024 models a
+    step trained 1.13× the model-images per epoch (4.84M against 4.29M a second), 1.08× at
+    256 (bench/gpu.py). A GPU build is then not bitwise reproducible run to run (the chosen
+    algorithms may differ), which it was not promised to be; a CPU has no cuDNN."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    return run
+
+
+@_cudnn_autotuned
 def train_group(
     jobs: Sequence[Job],
     data: MNIST,
@@ -280,8 +308,9 @@ def train_group(
 
     def checkpoint(sel: list[int], epoch: int):
         ws, ks = w.detach()[sel], [rows[r] for r in sel]
-        acc = {name: accuracy(data.test, name, ws, ks) for name in ("in", "out")}
-        host = ws.cpu().numpy()
+        with _phase("test"):
+            acc = {name: accuracy(data.test, name, ws, ks) for name in ("in", "out")}
+            host = ws.cpu().numpy()
         for i, k in enumerate(ks):
             records[k].checkpoints[epoch] = (host[i].copy(), acc["in"][i], acc["out"][i])
 
@@ -292,42 +321,46 @@ def train_group(
             [_epoch_batches(train_idx[k], int(sched.steps[r]), n_steps, cfg.batch_size, gens[k]) for r, k in enumerate(rows)]
         )
 
-    upcoming = draw()
+    with _phase("draw"):
+        upcoming = draw()
     for epoch in range(1, cfg.last_epoch + 1):
-        neg_step, bc2, active, t = sched.epoch(epoch, device)
-        n_steps = len(active)
-        batches = upcoming.to(device)
-        step_acts = act_of(torch.tensor(rows, device=device))
-        loss_sum = torch.zeros(len(rows), device=device)
-        for s in range(n_steps):
-            idx, seeds, w_in, acts_in = batches[:, s], keys + t[s], w, step_acts
-            part = None
-            if compiled and len(rows) < len(jobs):
-                # Stopped models' rows refilled (their losses dropped, no gradient through
-                # them), so the compiled step keeps its shape.
-                idx, seeds, acts_in, w_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in, w))
-            elif not compiled and device.type == "cpu" and s >= sched.steps.min():
-                # On a CPU, where each model costs its own forward, models past their own
-                # epoch leave the step (a GPU keeps the shape, and the host never waits).
-                part = torch.from_numpy(np.flatnonzero(sched.steps > s)).to(device)
-                idx, seeds, w_in = idx[part], seeds[part], w[part]
-                acts_in = [step_acts[i] for i in part.tolist()]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                per_model = loss_fn(w_in, data.train.images[idx], data.train.labels[idx], acts_in, cfg.dropout, seeds)
-            per_model = per_model[: len(rows)]
-            # A sum keeps each model's gradient its own mean-loss gradient.
-            (grad,) = torch.autograd.grad(per_model.sum(), w)
-            _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
-            if part is None:
-                loss_sum += torch.where(active[s], per_model.detach(), 0.0)
-            else:
-                loss_sum.index_add_(0, part, per_model.detach())
+        with _phase("steps"):
+            neg_step, bc2, active, t = sched.epoch(epoch, device)
+            n_steps = len(active)
+            batches = upcoming.to(device)
+            step_acts = act_of(torch.tensor(rows, device=device))
+            loss_sum = torch.zeros(len(rows), device=device)
+            for s in range(n_steps):
+                idx, seeds, w_in, acts_in = batches[:, s], keys + t[s], w, step_acts
+                part = None
+                if compiled and len(rows) < len(jobs):
+                    # Stopped models' rows refilled (their losses dropped, no gradient through
+                    # them), so the compiled step keeps its shape.
+                    idx, seeds, acts_in, w_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in, w))
+                elif not compiled and device.type == "cpu" and s >= sched.steps.min():
+                    # On a CPU, where each model costs its own forward, models past their own
+                    # epoch leave the step (a GPU keeps the shape, and the host never waits).
+                    part = torch.from_numpy(np.flatnonzero(sched.steps > s)).to(device)
+                    idx, seeds, w_in = idx[part], seeds[part], w[part]
+                    acts_in = [step_acts[i] for i in part.tolist()]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                    per_model = loss_fn(w_in, data.train.images[idx], data.train.labels[idx], acts_in, cfg.dropout, seeds)
+                per_model = per_model[: len(rows)]
+                # A sum keeps each model's gradient its own mean-loss gradient.
+                (grad,) = torch.autograd.grad(per_model.sum(), w)
+                _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
+                if part is None:
+                    loss_sum += torch.where(active[s], per_model.detach(), 0.0)
+                else:
+                    loss_sum.index_add_(0, part, per_model.detach())
 
         # Drawn here, a GPU still runs the epoch's queued steps meanwhile (the validation
         # waits for them): 0.3 s an epoch for 4096 models of 2,000 images on a 2-core host,
         # against 1.6 s of GPU work at 5M model-images/s.
-        upcoming = draw() if epoch < cfg.last_epoch else None
-        val = accuracy(data.val, "val", w.detach(), rows)
+        with _phase("draw"):
+            upcoming = draw() if epoch < cfg.last_epoch else None
+        with _phase("validation"):
+            val = accuracy(data.val, "val", w.detach(), rows)
         losses = (loss_sum / torch.from_numpy(sched.steps).to(device)).tolist()
         stopping = []
         for r, k in enumerate(rows):
