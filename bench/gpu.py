@@ -9,8 +9,10 @@ width and precision, the merge model once a mix).
    compiles. Each size runs 3 epochs with per-epoch validation and a test checkpoint, and
    1 epoch beside it: their difference is an epoch's rate, the rest a group's fixed
    seconds (setup, the test checkpoint), which a 36-epoch zoo group pays once.
-   `--levers`: the bf16 step eager beside it, at two sizes. `--profile`: one bf16 epoch of
-   1024 models under torch.profiler, by train_group's phases and by kernel.
+   Then the host's draw of an epoch's batches, as train_group writes them in place against
+   each model's built apart. `--levers`: the bf16 step eager beside it, at two sizes.
+   `--profile`: one bf16 epoch of 1024 models under torch.profiler, by train_group's phases
+   and by kernel.
 2. The full zoo's projected minutes by models per step and precision: the full profile's
    model-images (training images × epochs, every model to its last bin) at an epoch's rate,
    stretched by the share of step slots that models past their own epoch leave idle in
@@ -42,6 +44,7 @@ import sys
 import time
 import traceback
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -50,6 +53,7 @@ from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
 from wsmerge.zoo import Job, TrainConfig, plan_build, profile, train_group, train_images
+from wsmerge.zoo._train import _draw_batches
 
 
 def _sync(device: str) -> None:
@@ -108,6 +112,33 @@ def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: i
               f"{rate.rate:12,.0f} model-images/s  (an epoch {rate.epoch_rate:12,.0f}/s, {rate.fixed:5.2f} s a group "
               f"besides; warm-up {warm_up:5.1f} s)", flush=True)
     return rates
+
+
+def draw_cost(data, sizes: list[tuple[int, int | None]]) -> None:
+    """The host's share of an epoch: drawing the batches of K models (two-class jobs, a
+    budget of images a class) as train_group does, written in place, against each model's
+    built apart and stacked (its permutation repeated to whole batches, the steps past its
+    epoch padded), the plain form; both give the same indices."""
+    for k, per_class in sizes:
+        jobs = _jobs(k)
+        sets = {j.classes: data.train.indices(j.classes, per_class).cpu() for j in jobs}
+        lists = [sets[j.classes] for j in jobs]
+        steps = np.array([-(-len(i) // 64) for i in lists])
+        gens = lambda: [torch.Generator().manual_seed(i) for i in range(k)]  # noqa: E731
+        start = time.perf_counter()
+        ours = _draw_batches(lists, steps, 64, gens())
+        in_place = time.perf_counter() - start
+        start = time.perf_counter()
+        apart = []
+        for j, gen, n in zip(jobs, gens(), steps):
+            perm = sets[j.classes][torch.randperm(len(sets[j.classes]), generator=gen)]
+            own = perm.repeat(-(-n * 64 // len(perm)))[: n * 64].view(n, 64)
+            apart.append(torch.cat([own, own[-1:].expand(steps.max() - n, 64)]))
+        apart = torch.stack(apart)
+        alone = time.perf_counter() - start
+        assert torch.equal(ours, apart)
+        print(f"  {k:5d} models of {len(lists[0]):6,d} images: {in_place:6.3f} s in place, {alone:6.3f} s built apart "
+              f"({alone / in_place:.1f}x)")
 
 
 def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> None:
@@ -256,6 +287,8 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
         for k in side:
             print(f"  bf16 {k:5d} models/step: compiled / eager = "
                   f"{rates['bf16', k, True].rate / eager['bf16', k, False].rate:.2f}")
+    print(f"\nthe host's draw of an epoch's batches ({torch.get_num_threads()} threads), the same indices:")
+    draw_cost(data, [(16, 64)] if quick else [(1024, 1000), (1024, None), (4096, 1000)])
     if args.profile:
         print("\nzoo trainer profiled:")
         zoo_profile(data, device, *(("fp32", 16) if quick else ("bf16", 1024)), per_class)

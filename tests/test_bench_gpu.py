@@ -27,6 +27,7 @@ def test_gpu_bench_quick_runs_every_section():
     for k in (4, 16):
         assert re.search(rf"bf16\s+{k} models/step\s+eager\s+[\d,]+ model-images/s", out), out
         assert re.search(rf"bf16\s+{k} models/step: compiled / eager = [\d.]+", out), out
+    assert re.search(r"16 models of\s+128 images:\s+[\d.]+ s in place,\s+[\d.]+ s built apart \([\d.]+x\)", out), out
     assert re.search(r"fp32, 16 models a step, one epoch of 64 images a class: [\d.]+ s under the profiler", out), out
     for phase in ("steps", "validation", "test", "draw"):
         assert re.search(rf"zoo\.{phase}\s+host\s+[\d.]+ s\s+device\s+[\d.]+ s", out), out

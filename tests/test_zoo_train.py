@@ -20,7 +20,7 @@ from wsmerge.zoo import (
     train_images,
 )
 from wsmerge.zoo._store import record_table
-from wsmerge.zoo._train import _accuracy, _adam_step, _padded, _Schedule
+from wsmerge.zoo._train import _accuracy, _adam_step, _draw_batches, _padded, _Schedule
 
 
 def _stops(seq, patience=3, margin=0.05):
@@ -112,6 +112,25 @@ def test_cudnn_times_its_algorithms_while_a_group_trains_and_the_flag_is_restore
         train_group([Job((0, 1), "relu", "kaiming_uniform", 0)], mnist, cfg)
     assert seen == [True, True]
     assert torch.backends.cudnn.benchmark is False
+
+
+def test_an_epoch_s_batches_are_each_model_s_own_permutation_cut_into_its_steps():
+    # Models of three image counts (one under a batch), two sharing a class set, one past
+    # its epoch after a step: each model's batches, built apart from its own permutation.
+    rng = np.random.default_rng(0)
+    sets = [torch.from_numpy(np.sort(rng.choice(60000, n, replace=False))) for n in (130, 64, 200, 7)]
+    job_sets = [0, 1, 2, 3, 0, 2]
+    lengths = [len(sets[s]) for s in job_sets]
+    steps = np.array([math.ceil(n / 64) for n in lengths])
+    steps[4] = 1
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(len(job_sets))]  # noqa: E731
+    got = _draw_batches([sets[s] for s in job_sets], steps, 64, gens())
+    assert got.shape == (6, 4, 64)
+    for k, (s, gen) in enumerate(zip(job_sets, gens())):
+        perm = sets[s][torch.randperm(len(sets[s]), generator=gen)].tolist()
+        for step in range(4):
+            last = min(step, steps[k] - 1)  # past its epoch: its last batch again
+            assert got[k, step].tolist() == [perm[(last * 64 + b) % len(perm)] for b in range(64)], (k, step)
 
 
 def test_adam_matches_torch_bit_for_bit():
