@@ -1,15 +1,19 @@
 """What one GPU does for wsmerge, in one run: the figures issue 10 asks for by default, the
 levers beside the plain step with `--levers`, where a zoo epoch's time goes with `--profile`.
 Each part prints its own wall time, compiling included (the zoo step compiles once per group
-width and precision, the merge model once a mix).
+width and precision, the merge model once a mix). On an H200, with fp32 at every size and
+the accuracy check compiling a width of its own, the default ran 345 s and had not finished
+the merge model's compiled run; it now leaves out fp32 at 1 and 4096 models a step (57 s
+of compiling there) and the accuracy check's compile, which should bring it under 5
+minutes (not timed yet). The run with everything took 532 s.
 
 1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
-   two-class jobs: model-images per second by models per step, fp32 and bf16 autocast,
-   both through torch.compile as the builder runs them on a GPU, after a warm-up that
-   compiles. Each size runs 3 epochs with per-epoch validation and a test checkpoint, and
-   1 epoch beside it: their difference is an epoch's rate, the rest a group's fixed
-   seconds (setup, the test checkpoint), which a 36-epoch zoo group pays once.
-   Then the host's draw of an epoch's batches, as train_group writes them in place against
+   two-class jobs: model-images per second by models per step (bf16 autocast at 1 to
+   4096, fp32 at 256 and 1024, every size with `--levers`), both through torch.compile as
+   the builder runs them on a GPU, after a warm-up that compiles. Each size runs 3 epochs
+   with per-epoch validation and a test checkpoint, and 1 epoch beside it: their
+   difference is an epoch's rate, the rest a group's fixed seconds (setup, the test
+   checkpoint), which a 36-epoch zoo group pays once. Then the host's draw of an epoch's batches, as train_group writes them in place against
    each model's built apart. `--levers`: the bf16 step eager beside it, at two sizes.
    `--profile`: one bf16 epoch of 1024 models under torch.profiler, by train_group's phases
    and by kernel.
@@ -280,7 +284,11 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
           f"3 epochs with validation and a test checkpoint; an epoch's rate and a group's other seconds from a "
           f"1-epoch run beside it (compiled: the builder's default on a GPU; eager: the same step without "
           f"torch.compile):")
-    rates = zoo_rates(data, device, [(p, k, True) for p in ("fp32", "bf16") for k in sizes], per_class)
+    # fp32, the slow path, at the sizes one would pick for it; at every size with --levers
+    # (on an H200 the other two add about 90 s, mostly compiling).
+    fp32_sizes = sizes if quick or args.levers else [256, 1024]
+    rates = zoo_rates(data, device, [("fp32", k, True) for k in fp32_sizes] + [("bf16", k, True) for k in sizes],
+                      per_class)
     if args.levers:
         side = [4, 16] if quick else [256, 1024]
         eager = zoo_rates(data, device, [("bf16", k, False) for k in side], per_class)
@@ -300,8 +308,10 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
           f"idle, plus each group's other seconds:")
     for precision in ("fp32", "bf16"):
         minutes = {k: (p.model_images / rates[precision, k, True].epoch_rate / (1 - p.idle_share)
-                       + p.groups * rates[precision, k, True].fixed) / 60 for k, p in plans.items()}
-        for k, p in plans.items():
+                       + p.groups * rates[precision, k, True].fixed) / 60
+                   for k, p in plans.items() if (precision, k, True) in rates}
+        for k in minutes:
+            p = plans[k]
             best = "  <- best" if k == min(minutes, key=minutes.get) else ""
             print(f"  {precision}  {k:5d} models/step: {p.model_images:,} model-images at "
                   f"{rates[precision, k, True].epoch_rate:,.0f}/s, {100 * p.idle_share:4.1f}% idle, {p.groups:4d} "
