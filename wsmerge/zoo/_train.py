@@ -114,8 +114,8 @@ def _draw_batches(index_lists: list[torch.Tensor], steps: np.ndarray, batch: int
     the last one completed from the permutation's start; the steps past its epoch, which it
     sits out, repeat its last batch. Written in place, a few operations a model: built
     apart and stacked, 1024 models of 10,610 images (a pair of classes) took 2.1-2.3× as
-    long on a 2-core host, 0.27-0.30 s against 0.13 (bench/gpu.py), and an H200 runs that
-    epoch's bf16 steps in about 1.5 s."""
+    long on a 2-core host, 0.27-0.30 s against 0.13 (bench/gpu.py), where an H200 runs that
+    epoch's bf16 steps in about 1.5 s (scaled from a profiled epoch of 2,000 images)."""
     out = torch.empty(len(index_lists), int(max(steps)), batch, dtype=torch.long)
     perm = torch.empty(max(len(i) for i in index_lists), dtype=torch.long)
     for row, idx, n_steps, gen in zip(out, index_lists, steps, gens):
@@ -243,10 +243,9 @@ class _Schedule:
 def _cudnn_autotuned(fn):
     """`fn` with cuDNN timing its algorithms once per convolution shape, the flag restored
     after. On an H200 its defaults ran the group's float32 grouped convolutions (every
-    evaluation forward) as one kernel per pair of models, 256 a convolution at 512 models,
-    and the bf16 step's weight gradient slower than needed: autotuned, bf16 at 1024 models a
-    step trained 1.13× the model-images per epoch (4.84M against 4.29M a second), 1.08× at
-    256 (bench/gpu.py). A GPU build is then not bitwise reproducible run to run (the chosen
+    evaluation forward) as one kernel per pair of models, 256 a convolution at 512 models;
+    autotuned, bf16 at 1024 models a step trained 1.13× the model-images per epoch (4.84M
+    against 4.29M a second), 1.08× at 256 (bench/gpu.py). A GPU build is then not bitwise reproducible run to run (the chosen
     algorithms may differ), which it was not promised to be; a CPU has no cuDNN."""
 
     @functools.wraps(fn)
