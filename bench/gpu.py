@@ -16,7 +16,9 @@ minutes (not timed yet). The run with everything took 532 s.
    checkpoint), which a 36-epoch zoo group pays once. Then the host's draw of an epoch's batches, as train_group writes them in place against
    each model's built apart. `--levers`: the bf16 step eager beside it, at two sizes.
    `--profile`: one bf16 epoch of 1024 models under torch.profiler, by train_group's phases
-   and by kernel.
+   and by kernel, then their validation forward alone on the full zoo's validation sets in
+   float32, with TF32 matmuls and under bf16 autocast (rates, and how far each moves the
+   accuracies).
 2. The full zoo's projected minutes by models per step and precision: the full profile's
    model-images (training images × epochs, every model to its last bin) at an epoch's rate,
    stretched by the share of step slots that models past their own epoch leave idle in
@@ -56,8 +58,9 @@ from merge_throughput import train_rate
 from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
-from wsmerge.zoo import Job, TrainConfig, plan_build, profile, train_group, train_images
-from wsmerge.zoo._train import _draw_batches
+from wsmerge.cnn import ACTIVATIONS
+from wsmerge.zoo import Job, ModelRecord, TrainConfig, plan_build, profile, train_group, train_images
+from wsmerge.zoo._train import _accuracy, _cudnn_autotuned, _draw_batches, _padded
 
 
 def _sync(device: str) -> None:
@@ -145,10 +148,10 @@ def draw_cost(data, sizes: list[tuple[int, int | None]]) -> None:
               f"({alone / in_place:.1f}x)")
 
 
-def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> None:
+def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> list[ModelRecord]:
     """Where one epoch's time goes (torch.profiler, after a warm-up run): train_group's
     phases, the operations with the most device time, and the share of the wall time the
-    device ran kernels."""
+    device ran kernels. Returns the profiled run's records."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -158,7 +161,7 @@ def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> No
     _sync(device)
     start = time.perf_counter()
     with profile(activities=activities) as prof:
-        train_group(jobs, data, cfg, compile=True)
+        records = train_group(jobs, data, cfg, compile=True)
         _sync(device)
     wall = time.perf_counter() - start
     events = prof.key_averages()
@@ -180,6 +183,40 @@ def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> No
         own = lambda e: e.self_cpu_time_total  # noqa: E731
     for e in top[:12]:
         print(f"    {own(e) / 1e6:7.3f} s  {e.count:6d}x  {e.key[:100]}")
+    return records
+
+
+def eval_precisions(data, device: str, records: list[ModelRecord], per_class: int | None) -> None:
+    """The validation forward alone, as train_group runs it (compiled on a GPU, in calls of
+    one shape), for the records' models at their first epoch: model-images/s in float32,
+    with TF32 matmuls, and under bf16 autocast, and how far each moves the models'
+    accuracies from float32's (on a CPU, eager, and bf16 through the CPU's autocast)."""
+    weights = torch.from_numpy(np.stack([r.checkpoints[1][0] for r in records])).to(device)
+    idx, mask = _padded([data.val.indices(r.job.classes, per_class).cpu() for r in records], device)
+    compiled = device == "cuda"
+    acts = (torch.tensor([ACTIVATIONS.index(r.job.activation) for r in records], device=device) if compiled
+            else [r.job.activation for r in records])
+    images = int(mask.sum())
+    accuracy = _cudnn_autotuned(_accuracy)  # as train_group runs it
+    before, base, base_rate = torch.backends.cuda.matmul.allow_tf32, None, None
+    try:
+        for label, tf32, bf16 in (("float32", False, False), ("float32, TF32 matmuls", True, False),
+                                  ("bf16 autocast", False, True)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                accuracy(weights, data.val, idx, mask, acts, len(records) if compiled else None)  # compiles
+                _sync(device)
+                start = time.perf_counter()
+                acc = np.array(accuracy(weights, data.val, idx, mask, acts, len(records) if compiled else None))
+                seconds = time.perf_counter() - start
+            if base is None:
+                base, base_rate = acc, images / seconds
+            moved = np.abs(acc - base)
+            print(f"    {label:22s} {images / seconds:14,.0f} model-images/s ({images / seconds / base_rate:4.2f}x); "
+                  f"accuracy moved at most "
+                  f"{moved.max():.2f} points, median {np.median(moved):.2f}", flush=True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def accuracy_check(data, epochs: int, per_class: int | None, n_jobs: int) -> None:
@@ -299,7 +336,10 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
     draw_cost(data, [(16, 64)] if quick else [(1024, 1000), (1024, None), (4096, 1000)])
     if args.profile:
         print("\nzoo trainer profiled:")
-        zoo_profile(data, device, *(("fp32", 16) if quick else ("bf16", 1024)), per_class)
+        records = zoo_profile(data, device, *(("fp32", 16) if quick else ("bf16", 1024)), per_class)
+        print(f"\nthe validation forward alone, {len(records)} of those models on "
+              f"{'10 images a class' if quick else 'every image of their classes, as in the full zoo'}:")
+        eval_precisions(data, device, records, 10 if quick else None)
 
     full = profile("full")
     plans = {k: plan_build(full, full.jobs(), k, data) for k in sizes}

@@ -32,6 +32,8 @@ def test_gpu_bench_quick_runs_every_section():
     for phase in ("steps", "validation", "test", "draw"):
         assert re.search(rf"zoo\.{phase}\s+host\s+[\d.]+ s\s+device\s+[\d.]+ s", out), out
     assert re.search(r"[\d.]+ s\s+\d+x\s+aten::\w+", out), out
+    for label in ("float32", "float32, TF32 matmuls", "bf16 autocast"):
+        assert re.search(rf"{label}\s+[\d,]+ model-images/s \(\s*[\d.]+x\); accuracy moved at most [\d.]+ points, median [\d.]+", out), out
     assert re.search(r"\(zoo_parts: \d+ s\)", out) and re.search(r"\(merge_part: \d+ s\)", out), out
     assert re.search(r"^total \d+ s$", out, re.M), out
     assert re.search(r"2 classes \(2 jobs\): fp32 [\d.]+%\s+bf16 [\d.]+%", out), out
