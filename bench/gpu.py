@@ -193,8 +193,8 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
     accuracies from float32's (on a CPU, eager, and bf16 through the CPU's autocast)."""
     weights = torch.from_numpy(np.stack([r.checkpoints[1][0] for r in records])).to(device)
     idx, mask = _padded([data.val.indices(r.job.classes, per_class).cpu() for r in records], device)
-    compiled = device == "cuda"
-    acts = (torch.tensor([ACTIVATIONS.index(r.job.activation) for r in records], device=device) if compiled
+    width = len(records) if device == "cuda" else None  # compiled in calls of one shape, as train_group
+    acts = (torch.tensor([ACTIVATIONS.index(r.job.activation) for r in records], device=device) if width
             else [r.job.activation for r in records])
     images = int(mask.sum())
     accuracy = _cudnn_autotuned(_accuracy)  # as train_group runs it
@@ -204,10 +204,10 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
                                   ("bf16 autocast", False, True)):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                accuracy(weights, data.val, idx, mask, acts, len(records) if compiled else None)  # compiles
+                accuracy(weights, data.val, idx, mask, acts, width)  # compiles
                 _sync(device)
                 start = time.perf_counter()
-                acc = np.array(accuracy(weights, data.val, idx, mask, acts, len(records) if compiled else None))
+                acc = np.array(accuracy(weights, data.val, idx, mask, acts, width))
                 seconds = time.perf_counter() - start
             if base is None:
                 base, base_rate = acc, images / seconds
