@@ -8,7 +8,8 @@ run. Everything it writes goes under one folder:
       sweep.yaml          the resolved config; the same command again continues this sweep,
                           another config under the same name is refused
       study.db            the Optuna study, every trial once (any SQLAlchemy URL: `storage:`)
-      tune/               Ray Tune's experiment state and each trial's last checkpoint
+      tune/               Ray Tune's experiment state; a trial's checkpoint there names its
+                          last epoch, the run's own stays in trials/
       trials/<trial id>/  each trial's run: checkpoint.pt, best.pt, history.json,
                           result.json (test pairs), test_pairs.csv
       wandb/              one W&B run a trial: offline unless WANDB_API_KEY is set
@@ -32,8 +33,8 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
@@ -53,7 +54,7 @@ from wsmerge.results import (
     BASELINE_CACHE, REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, ranking_summary, read_table, write_results,
 )
 from wsmerge.seeds import train_seeds
-from wsmerge.train import BEST, CHECKPOINT, SELECT, RunConfig, ZooTables, read_zoo, train
+from wsmerge.train import CHECKPOINT, SELECT, RunConfig, ZooTables, read_zoo, train
 from wsmerge.zoo import MANIFEST, PROFILES, BuildOptions, ZooStoreError, build_zoo, profile
 
 __all__ = [
@@ -78,6 +79,8 @@ __all__ = [
 ]
 
 TUNE = "tune"
+# The one file of a trial's checkpoint in Tune: the epoch it ends (see _Reporter).
+TUNE_MARKER = "epoch.json"
 # What the searcher is told of a trial: its objectives at the epoch whose model it delivers
 # (train tests the best validation epoch, not the last).
 BEST_PREFIX = "best/"
@@ -397,7 +400,8 @@ def _trial(
     train_fn: Callable = train,
 ) -> None:
     """One trial: the run config of `params`, trained in trials/<trial id>/. A retried or
-    restored trial continues its checkpoint there; one that finished before the driver could
+    restored trial continues its checkpoint there, on whichever node it runs (the sweep folder
+    is on storage every node sees, `check_shared`); one that finished before the driver could
     record it is left as it is (train's resume)."""
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     out = trials / tune.get_context().get_trial_id()
@@ -406,21 +410,17 @@ def _trial(
     run = cfg.space.apply(cfg.run, params).replace(
         out=str(out), zoo=zoo.path, baseline_cache=str(trials.parent / BASELINE_CACHE)
     )
-    restored = tune.get_checkpoint()
-    if restored is not None and not (out / CHECKPOINT).exists():
-        # The run directory is on another node's disk: continue from Tune's copy.
-        out.mkdir(parents=True, exist_ok=True)
-        with restored.as_directory() as d:
-            for name in (CHECKPOINT, BEST):
-                if (Path(d) / name).exists():
-                    shutil.copy2(Path(d) / name, out / name)
     train_fn(run, report=_Reporter(out, cfg.objectives), resume=True, zoo=zoo)
 
 
 class _Reporter:
-    """train's per-epoch report to Tune: the metrics, the objectives at the kept epoch, and
-    the epoch's checkpoint.pt and best.pt, hard-linked into a folder of their own so that
-    Tune keeps only them."""
+    """train's per-epoch report to Tune: the metrics and the objectives at the kept epoch.
+
+    The run's checkpoint stays in trials/<trial id>/ alone. Tune is handed a checkpoint that
+    only names the epoch: reporting one is what makes Tune snapshot the experiment then (so a
+    killed sweep resumes each trial from its last epoch), and a copy of checkpoint.pt and
+    best.pt there would double the sweep's disk (the tiny preset's pair is 130 MB, the seed
+    preset's 3.4 GB) and copy them again at every epoch."""
 
     def __init__(self, out: Path, objectives: tuple[Objective, ...]):
         self.out = out
@@ -433,17 +433,10 @@ class _Reporter:
         history = json.loads((self.out / "history.json").read_text())["history"]
         kept = next((h for h in history if h["epoch"] == metrics["best_epoch"]), {})
         best = {BEST_PREFIX + o.metric: kept.get(o.metric, math.nan) for o in self.objectives}
-        stage = self.out / ".tune-checkpoint"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir()
-        try:
-            for name in (CHECKPOINT, BEST):
-                if (self.out / name).exists():
-                    os.link(self.out / name, stage / name)
+        with tempfile.TemporaryDirectory(dir=self.out, prefix=".tune-checkpoint") as stage:
+            (Path(stage) / TUNE_MARKER).write_text(json.dumps({"epoch": metrics["epoch"], "run": str(self.out)}))
             # node: the Ray node this epoch ran on, so that where a trial ran shows in its results.
             tune.report({**metrics, **best, "node": node_id()}, checkpoint=tune.Checkpoint.from_directory(stage))
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- searcher

@@ -91,10 +91,15 @@ def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, t
         cfg = json.loads(ck["config"])
         assert cfg["losses"] == {k.split(".", 1)[1]: v for k, v in t.params.items() if k.startswith("weight.")}
         assert cfg["losses"] and cfg["lr"] == t.params["lr"]
-    # Tune keeps one checkpoint a trial, holding the run's checkpoint and best model only.
+    # Tune keeps one checkpoint a trial: a file naming its last epoch. The run's checkpoints
+    # are in trials/ alone, with nothing left of the folders they were reported from.
     for trial_id in trials:
         (ckpt,) = (folder / engine.TUNE / trial_id).glob("checkpoint_*")
-        assert sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")) == ["best.pt", "checkpoint.pt"]
+        assert [p.name for p in ckpt.iterdir() if not p.name.startswith(".")] == [engine.TUNE_MARKER]
+        marker = json.loads((ckpt / engine.TUNE_MARKER).read_text())
+        assert marker["epoch"] == len(_history(folder / engine.TRIALS / trial_id))
+        assert not [p for p in (folder / engine.TRIALS / trial_id).iterdir() if p.name.startswith(".tune")]
+    assert not list((folder / engine.TUNE).rglob("*.pt"))
     assert len(list((folder / "wandb").glob("offline-run-*"))) == 3
 
     # The trial with the best validation acc_in was trained again with seed 1, for its spread.
