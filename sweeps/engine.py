@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from wsmerge.results import (
     BASELINE_CACHE, REPEATS, STUDY_FILE, SWEEP_FILE, TRIALS, collect, ranking_summary, read_table, write_results,
 )
 from wsmerge.seeds import train_seeds
-from wsmerge.train import CHECKPOINT, SELECT, RunConfig, ZooTables, read_zoo, train
+from wsmerge.train import CHECKPOINT, SELECT, RunConfig, ZooTables, disk_bytes, read_zoo, train
 from wsmerge.zoo import MANIFEST, PROFILES, BuildOptions, ZooStoreError, build_zoo, profile
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "SWEEP_FILE",
     "TRIALS",
     "TUNE",
+    "TUNE_MARKER",
     "Objective",
     "Param",
     "SchedulerConfig",
@@ -70,6 +72,7 @@ __all__ = [
     "RepeatConfig",
     "SweepSearch",
     "WandbConfig",
+    "check_disk",
     "load_sweep",
     "main",
     "open_storage",
@@ -386,6 +389,24 @@ def prepare_folder(cfg: SweepConfig, folder: Path) -> bool:
     text = header + yaml.safe_dump(now, sort_keys=False)
     atomic_write(saved_path, lambda p: Path(p).write_text(text))
     return False
+
+
+def check_disk(cfg: SweepConfig, folder: Path) -> None:
+    """A ValueError when the runs still to come would not fit on the disk under `folder`:
+    every trial and repeat keeps its checkpoint.pt and best.pt (`wsmerge.train.disk_bytes`,
+    at the largest model the space allows), and a run that finds the disk full fails
+    part-way. Runs that already hold a checkpoint count as written."""
+    runs = cfg.num_samples + cfg.repeat.top * len(cfg.repeat.seeds)
+    written = sum(1 for pattern in (f"{TRIALS}/*/{CHECKPOINT}", f"{REPEATS}/*/*/{CHECKPOINT}") for _ in folder.glob(pattern))
+    each = disk_bytes(cfg.space.largest(cfg.run))
+    need, free = each * max(0, runs - written), shutil.disk_usage(folder).free
+    if need > free:
+        gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+        raise ValueError(
+            f"{folder}: the sweep's {runs - written} runs to come keep about {gb(need)} of checkpoints "
+            f"({gb(each)} each: checkpoint.pt with the optimizer's state, and best.pt), and {gb(free)} "
+            f"is free there; free some space, or lower num_samples or repeat.top"
+        )
 
 
 # --------------------------------------------------------------------------------- trials
@@ -758,6 +779,7 @@ def main(argv: list[str] | None, cls: type[SweepConfig], doc: str, *, train_fn: 
         if cfg.zoo_profile is None and not Path(cfg.run.zoo).is_dir():
             raise ValueError(f"run.zoo: {cfg.run.zoo} is not a zoo directory (python -m sweeps.zoo builds one)")
         prepare_folder(cfg, folder)
+        check_disk(cfg, folder)
         storage = open_storage(cfg, folder)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ _MODEL = ("n_layers", "d_ff", "neck", "dropout")
 _RUN = ("lr", "weight_decay", "batch_size", "warmup_steps", "permutations", "align")
 _INTEGER = ("n_heads", "head_dim", "n_layers", "d_ff", "neck", "batch_size", "warmup_steps", "permutations")
 _LOG = ("lr", "weight_decay")
+_SIZES = ("n_heads", "head_dim", "n_layers", "d_ff", "neck")  # more of any is more parameters
 _NAMES = {"align": ALIGN}  # settings searched as choices of these names
 
 
@@ -90,6 +91,11 @@ class HparamSpace:
             head_dim = params.get("head_dim", run.model.d_model // run.model.n_heads)
             model.update(n_heads=n_heads, d_model=n_heads * head_dim)
         return run.replace(model=run.model.replace(**model), **{k: params[k] for k in _RUN if k in params})
+
+    def largest(self, run: RunConfig) -> RunConfig:
+        """The run of the largest model a sample can have: every searched size at its top."""
+        sizes = {k: max(p.extremes()) for k, p in self._searched().items() if k in _SIZES}
+        return self.apply(run, sizes)
 
     def strip_run(self, run: dict[str, Any]) -> dict[str, Any]:
         searched = self._searched()

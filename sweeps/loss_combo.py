@@ -86,6 +86,10 @@ class LossSpace:
         mix = {n: params[f"weight.{n}"] for n in self.losses if f"weight.{n}" in params}
         return run.replace(losses=mix, **({"lr": params["lr"]} if self.lr is not None else {}))
 
+    def largest(self, run: RunConfig) -> RunConfig:
+        """The run of the largest model a sample can have: the run's, as the mix shapes none."""
+        return run
+
     def strip_run(self, run: dict[str, Any]) -> dict[str, Any]:
         searched = {"losses"} | ({"lr"} if self.lr is not None else set())
         return {k: v for k, v in run.items() if k not in searched}

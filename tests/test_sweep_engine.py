@@ -2,8 +2,10 @@
 killed part-way and run again, a trial that raises and is retried, and the bad inputs that
 must fail before Ray starts."""
 
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +27,8 @@ from sweeps.hparams import main as hparams_main
 from sweeps.loss_combo import LossComboSweep, LossSpace
 from sweeps.loss_combo import main as loss_combo_main
 from wsmerge.results import read_table
-from wsmerge.train import RunConfig, train
+from wsmerge.model import n_params
+from wsmerge.train import CHECKPOINT, RunConfig, disk_bytes, train
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -262,6 +265,44 @@ def test_an_existing_name_with_another_config_is_refused(sweep_zoo, tmp_path, ca
     assert not ray.is_initialized()
     # Its own config, or --resume, is accepted (up to the zoo, missing here).
     assert engine.prepare_folder(first, tmp_path / "results" / "taken") is True
+
+
+def test_a_sweep_whose_checkpoints_would_not_fit_is_refused_before_ray_starts(sweep_zoo, tmp_path, capsys,
+                                                                             monkeypatch):
+    cfg = tiny_sweep(sweep_zoo, repeat={"top": 1, "seeds": [1, 2]})  # 3 trials and 2 repeats
+    sweep = engine.load_sweep(LossComboSweep, _write(tmp_path / "big.yaml", cfg))
+    each = disk_bytes(sweep.run)
+    folder = tmp_path / "results" / "big"
+    free = {"bytes": 5 * each - 1}
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free["bytes"]))
+    args = ["--config", str(tmp_path / "big.yaml"), "--results", str(tmp_path / "results")]
+    assert loss_combo_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"the sweep's 5 runs to come keep about {5 * each / 1e9:.2f} GB of checkpoints" in err, err
+    assert not ray.is_initialized() and not (folder / engine.TRIALS).exists()
+    # Runs that hold a checkpoint already are on the disk: a resumed sweep needs room for the rest.
+    for run_dir in (folder / engine.TRIALS / "a", folder / "repeats" / "a" / "seed-1"):
+        run_dir.mkdir(parents=True)
+        (run_dir / CHECKPOINT).touch()
+    free["bytes"] = 3 * each
+    engine.check_disk(sweep, folder)
+    free["bytes"] -= 1
+    with pytest.raises(ValueError, match="the sweep's 3 runs to come"):
+        engine.check_disk(sweep, folder)
+
+
+def test_the_disk_a_sweep_plans_for_is_its_largest_model_s(sweep_zoo):
+    run = RunConfig.from_dict({"zoo": str(sweep_zoo), "out": "x", "model": {"preset": "tiny"}})
+    losses = LossSpace.from_dict({"losses": ["mse", "fft"]}, "space", {})
+    assert losses.largest(run) == run
+    sizes = {"n_heads": {"choices": [4, 1, 2]}, "head_dim": {"low": 4, "high": 16}, "neck": {"choices": [8, 32, 16]},
+             "n_layers": {"low": 1, "high": 2}, "lr": {"low": 1e-4, "high": 1e-2}}
+    space = HparamSpace.from_dict(sizes, "space", {})
+    # Every corner of the space, each a model of its own: the largest is the one planned for.
+    corners = itertools.product(*(space._searched()[k].extremes() for k in sizes))
+    largest = max(n_params(space.apply(run, dict(zip(sizes, c))).model) for c in corners)
+    assert n_params(space.largest(run).model) == largest == n_params(run.model.replace(d_model=64, n_heads=4,
+                                                                                       neck=32, n_layers=2))
 
 
 def _sample(space, n):

@@ -11,7 +11,7 @@ import torch
 
 from sweeps.train_one import main as train_one
 from runs import Crash, crash_after, same, strip_time, tiny_run
-from wsmerge.train import CHECKPOINT, train
+from wsmerge.train import BEST, CHECKPOINT, disk_bytes, train
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,8 @@ def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
     seen = []
     every_merge = {"images_per_class": 40, "finetune_steps": 10, "finetune_eval_every": 5, "bootstrap": 50,
                    "merge_images": 16}
-    result = train(tiny_run(tiny_zoo, tmp_path / "run", evaluation=every_merge), report=seen.append)
+    cfg = tiny_run(tiny_zoo, tmp_path / "run", evaluation=every_merge)
+    result = train(cfg, report=seen.append)
     assert [m["epoch"] for m in seen] == [1, 2, 3]
     assert seen[-1]["train/loss"] < seen[0]["train/loss"]
     assert {"train/mse", "train/behavioral"} <= set(seen[0])  # every term, unweighted
@@ -54,6 +55,9 @@ def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
     assert (computed["n_pairs"] == t["n_pairs"]).all() and "ft_acc_in/spearman" in table
     pairs = pd.read_csv(tmp_path / "run" / "test_pairs.csv")
     assert pairs.loc[pairs["method"] == "generated", "exact/bottleneck"].notna().all()
+    # What a sweep plans its disk by is what the run wrote, to within a percent.
+    written = sum((tmp_path / "run" / name).stat().st_size for name in (CHECKPOINT, BEST))
+    assert written == pytest.approx(disk_bytes(cfg), rel=0.01)
 
 
 def _resumes_bit_for_bit(cfg, crash_after_epoch: int):
