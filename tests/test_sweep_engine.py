@@ -2,6 +2,7 @@
 killed part-way and run again, a trial that raises and is retried, and the bad inputs that
 must fail before Ray starts."""
 
+import gc
 import itertools
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,8 +82,12 @@ def test_sweep_end_to_end_writes_everything_and_never_the_wandb_key(sweep_zoo, t
     del cfg["run"]["evaluation"]["merges"]  # every merge, as by default: the ranking shows them
     config = _write(tmp_path / "sweep.yaml", cfg)
     args = ["--config", str(config), "--results", str(tmp_path / "results"), "--name", "e2e"]
+    temp_before = set(Path(tempfile.gettempdir()).glob("*wandb*"))
     assert loss_combo_main(args) == 0
     folder = tmp_path / "results" / "e2e"
+    # W&B's logging actors leave no folder in /tmp behind (this process's own go at its exit).
+    ours = {Path(o.name) for o in gc.get_objects() if isinstance(o, tempfile.TemporaryDirectory)}
+    assert set(Path(tempfile.gettempdir()).glob("*wandb*")) - temp_before - ours == set()
 
     trials = _check_finished(folder, 3, 2, stopped=True)
     # The first trial at ASHA's rung always goes on to its last epoch.
