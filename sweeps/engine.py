@@ -395,11 +395,14 @@ def check_disk(cfg: SweepConfig, folder: Path) -> None:
     """A ValueError when the runs still to come would not fit on the disk under `folder`:
     every trial and repeat keeps its checkpoint.pt and best.pt (`wsmerge.train.disk_bytes`,
     at the largest model the space allows), and a run that finds the disk full fails
-    part-way. Runs that already hold a checkpoint count as written."""
+    part-way. Runs that already hold a checkpoint count as written. Checked before the folder
+    is made, so that a smaller sweep under the same name is no other config."""
     runs = cfg.num_samples + cfg.repeat.top * len(cfg.repeat.seeds)
-    written = sum(1 for pattern in (f"{TRIALS}/*/{CHECKPOINT}", f"{REPEATS}/*/*/{CHECKPOINT}") for _ in folder.glob(pattern))
+    patterns = (f"{TRIALS}/*/{CHECKPOINT}", f"{REPEATS}/*/*/{CHECKPOINT}")
+    written = sum(1 for pattern in patterns for _ in folder.glob(pattern))
     each = disk_bytes(cfg.space.largest(cfg.run))
-    need, free = each * max(0, runs - written), shutil.disk_usage(folder).free
+    disk = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    need, free = each * max(0, runs - written), shutil.disk_usage(disk).free
     if need > free:
         gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
         raise ValueError(
@@ -778,8 +781,8 @@ def main(argv: list[str] | None, cls: type[SweepConfig], doc: str, *, train_fn: 
         cfg, folder = _resolve(args, cls, default)
         if cfg.zoo_profile is None and not Path(cfg.run.zoo).is_dir():
             raise ValueError(f"run.zoo: {cfg.run.zoo} is not a zoo directory (python -m sweeps.zoo builds one)")
-        prepare_folder(cfg, folder)
         check_disk(cfg, folder)
+        prepare_folder(cfg, folder)
         storage = open_storage(cfg, folder)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
