@@ -6,13 +6,13 @@ import gc
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -280,7 +280,7 @@ def test_a_sweep_whose_checkpoints_would_not_fit_is_refused_before_ray_starts(sw
     each = disk_bytes(sweep.run)
     folder = tmp_path / "results" / "big"
     free = {"bytes": 5 * each - 1}
-    monkeypatch.setattr(engine.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free["bytes"]))
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda path: SimpleNamespace(free=free["bytes"]))
     args = ["--config", str(tmp_path / "big.yaml"), "--results", str(tmp_path / "results")]
     assert loss_combo_main(args) == 2
     err = capsys.readouterr().err
