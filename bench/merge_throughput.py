@@ -1,9 +1,10 @@
 """Merge-model throughput on this machine, measured side by side in one run.
 
-1. TransformerAE training samples per second (forward, loss mix, backward, clip, AdamW)
-   for the `tiny` preset on the CPU, with the structural loss alone and with the paper's mix
-   (which runs the generated CNNs on query images). On a GPU, also the `seed` preset in
-   bf16 autocast, with its peak memory.
+1. TransformerAE training samples per second (wsmerge.train's step: forward, loss mix,
+   backward, clip, AdamW) for the `tiny` preset on the CPU, with the structural loss alone
+   and with the paper's mix (which runs the generated CNNs on query images), in rounds that
+   alternate between the two, and the median of the rounds' cost ratios. On a GPU, also the
+   `seed` preset in bf16 autocast, with its peak memory.
 2. Generated CNNs evaluated per second: the evaluation's batched prediction (the batched
    functional forward over chunks of models × images, `wsmerge.evaluate.default_chunk`)
    against a loop over single nn.Module CNNs, on the same weights and images, and the
@@ -15,17 +16,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 
 from wsmerge.cnn import CNN, N_PARAMS, unflatten
 from wsmerge.evaluate import predict
 from wsmerge.data import load_mnist
-from wsmerge.losses import LossContext, mix_loss, paper_mix, permute_neurons
+from wsmerge.losses import paper_mix
 from wsmerge.model import TransformerAE, n_params, preset
-from wsmerge.train import make_optimizer
+from wsmerge.train import RunConfig, _train_step, make_optimizer
 
 
 def _timed(fn, repeats: int, warm: bool = True) -> float:
@@ -37,44 +40,75 @@ def _timed(fn, repeats: int, warm: bool = True) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def train_rate(preset_name: str, mix: dict[str, float], batch: int, device: str, repeats: int,
-               query: int, images: torch.Tensor, *, plain: bool = False, compiled: bool = False) -> float:
-    """Training samples per second of the TransformerAE on random pairs, as wsmerge.train
-    steps: the contrastive term's permuted views in the pairs' own encoder pass, AdamW fused
-    on a GPU, bf16 autocast there. `plain`: the step before those two (a second encoder pass
-    for the views, AdamW's default multi-tensor path), for a side-by-side ratio.
-    `compiled`: the model's forward through torch.compile (`RunConfig.compile`)."""
-    torch.manual_seed(0)
-    model = TransformerAE(preset(preset_name)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if plain else make_optimizer(model, 1e-4, 0.01)
-    if compiled:
-        model.compile()
-    w1, w2, w3 = (0.1 * torch.randn(batch, N_PARAMS, device=device) for _ in range(3))
-    q = images[:query].to(device)
-    gen = torch.Generator().manual_seed(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-    contrastive = "contrastive" in mix
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
-    def step():
-        with autocast:
-            views = (permute_neurons(w1, gen), permute_neurons(w2, gen)) if contrastive else None
-            out = model(w1, w2, views=None if plain else views)
-            aug = out.neck_aug
-            if plain and contrastive:
-                aug = model.fuse(model.encode(views[0], 0), model.encode(views[1], 1))
-        # Float32 for the losses, as wsmerge.train hands them over.
-        ctx = LossContext(activation="relu", images=q, sources=(w1, w2), neck=out.neck.float(),
-                          neck_aug=None if aug is None else aug.float(),
-                          encode=model.encode, fuse=model.fuse, project=model.project, generator=gen)
-        total, _ = mix_loss(out.weights.float(), w3, mix, ctx)
-        opt.zero_grad(set_to_none=True)
-        total.mean().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
 
-    return batch / _timed(step, repeats)
+class MergeStep:
+    """wsmerge.train's training step (`_train_step`: forward in bf16 autocast on a GPU, the
+    loss mix in float32, backward, clip, AdamW fused on a GPU) on `batch` random pairs of
+    relu CNNs, each pair with its own query images drawn from `images` every step, as a
+    run draws them from its target's classes. `plain`: AdamW's default multi-tensor path
+    instead of the fused one. `compiled`: the model's forward through torch.compile
+    (`RunConfig.compile`)."""
+
+    def __init__(self, preset_name: str, batch: int, device: str, images: torch.Tensor, *,
+                 plain: bool = False, compiled: bool = False):
+        torch.manual_seed(0)
+        self.preset, self.device = preset(preset_name), device
+        self.model = TransformerAE(self.preset).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4) if plain else make_optimizer(self.model, 1e-4, 0.01)
+        if compiled:
+            self.model.compile()
+        w1, w2, w3 = (0.1 * torch.randn(batch, N_PARAMS, device=device) for _ in range(3))
+        self.batch = (torch.arange(batch), w1, w2, w3, "relu", [(0, 1)] * batch)
+        # What the step reads of a run's data: the query images and each target's pool of them.
+        self.data = SimpleNamespace(mnist=SimpleNamespace(train=SimpleNamespace(images=images.to(device))),
+                                    pools={(0, 1): torch.arange(len(images))})
+        self.gen = torch.Generator().manual_seed(0)
+
+    def __call__(self, mix: dict[str, float], steps: int = 1) -> None:
+        """`steps` training steps with `mix` (unscaled: a term's weight changes no cost),
+        then a wait for the device."""
+        cfg = RunConfig(zoo="-", out="-", model=self.preset, losses=mix, loss_scaling="none", query_images=8)
+        for _ in range(steps):
+            _train_step(cfg, self.model, self.opt, self.batch, self.data, self.gen, torch.device(self.device),
+                        {k: 1.0 for k in cfg.losses})
+        _sync(self.device)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixRate:
+    rate: float  # training samples per second, median of the rounds
+    cost: float  # seconds a step against the first mix's, median of the rounds' ratios
+    peak_gib: float  # peak device memory of a step (0 on a CPU)
+
+
+def mix_rates(step: MergeStep, mixes: dict[str, dict[str, float]], rounds: int, steps: int) -> dict[str, MixRate]:
+    """Each mix's rate on the same model, measured side by side: after a warm-up step of
+    each (compiling, allocating), `rounds` rounds of `steps` steps of every mix in turn, so
+    that a busy spell on a shared machine or a clock change hits all of them; each mix's
+    cost is the median over rounds of its time against the first mix's in that round."""
+    cuda = step.device == "cuda"
+    peaks = {}
+    for label, mix in mixes.items():
+        step(mix)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        step(mix)
+        peaks[label] = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    seconds = {label: [] for label in mixes}
+    for _ in range(rounds):
+        for label, mix in mixes.items():
+            start = time.perf_counter()
+            step(mix, steps)
+            seconds[label].append((time.perf_counter() - start) / steps)
+    first = seconds[next(iter(mixes))]
+    n = len(step.batch[0])
+    return {label: MixRate(n / statistics.median(s), statistics.median(a / b for a, b in zip(s, first)), peaks[label])
+            for label, s in seconds.items()}
 
 
 @torch.no_grad()
@@ -114,11 +148,12 @@ def main() -> None:
     images = mnist.test.images[:2000]
 
     print(f"TransformerAE tiny preset ({n_params('tiny'):,} parameters), batch 32, CPU:")
-    structural = train_rate("tiny", {"mse": 1.0}, 32, "cpu", args.repeats, 8, images)
-    paper = train_rate("tiny", paper_mix(), 32, "cpu", args.repeats, 8, images)
-    print(f"  mse only                                  {structural:8.1f} samples/s")
-    print(f"  paper mix (contrastive+mse+behavioral,    {paper:8.1f} samples/s  ({paper / structural:.2f}x of mse only)")
-    print("             8 query images per pair)")
+    rates = mix_rates(MergeStep("tiny", 32, "cpu", images), {"mse only": {"mse": 1.0}, "paper mix": paper_mix()},
+                      args.repeats, 1)
+    print(f"  mse only                                  {rates['mse only'].rate:8.1f} samples/s")
+    print(f"  paper mix (contrastive+mse+behavioral,    {rates['paper mix'].rate:8.1f} samples/s  "
+          f"(a step costs {rates['paper mix'].cost:.2f}x mse only's,")
+    print(f"             8 query images per pair)       median of {args.repeats} alternating rounds)")
 
     print(f"\ngenerated CNNs evaluated on {len(images)} test images each:")
     for n in (64, 256):
@@ -127,11 +162,9 @@ def main() -> None:
               f"ratio {ratio:.2f}")
 
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        rate = train_rate("seed", {"mse": 1.0}, 64, "cuda", args.repeats, 8, images)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        seed = mix_rates(MergeStep("seed", 64, "cuda", images), {"mse only": {"mse": 1.0}}, args.repeats, 1)["mse only"]
         print(f"\nseed preset ({n_params('seed'):,} parameters), bf16 autocast, batch 64, "
-              f"{torch.cuda.get_device_name()}: {rate:.1f} samples/s, peak memory {peak:.1f} GiB")
+              f"{torch.cuda.get_device_name()}: {seed.rate:.1f} samples/s, peak memory {seed.peak_gib:.1f} GiB")
     else:
         print("\nno GPU here: the seed preset's bf16 figures need one")
 

@@ -40,11 +40,13 @@ def test_gpu_bench_quick_runs_every_section():
     assert re.search(r"5 classes \(2 jobs\): fp32 [\d.]+%\s+bf16 [\d.]+%", out), out
     assert re.search(r"tiny preset \([\d,]+ parameters; a sample's step: mse only [\d.]+ GFLOP, "
                      r"paper mix [\d.]+ GFLOP, [\d.]+x\)", out), out
-    for batch, kind in ((4, "eager"), (8, "eager"), (4, "plain"), (8, "compiled")):
-        for mix in ("mse only", "paper mix"):
-            assert re.search(rf"batch\s+{batch} {kind}\s+{mix}\s+[\d.]+ samples/s", out), out
-        assert re.search(rf"batch\s+{batch} {kind}\s+paper mix costs [\d.]+x mse alone; mse-only step [\d.]+ TFLOP/s, "
-                         rf"[\d.]+% of the measured matmul rate", out), out
+    eager = ("mse only", "paper mix", "mse + contrastive", "mse + behavioral")
+    for batch, kind, mixes in ((4, "eager", eager), (8, "eager", eager), (4, "plain", eager[:2]),
+                               (4, "heuristic", eager[:2]), (8, "compiled", eager[:2])):
+        for mix in mixes:
+            assert re.search(rf"batch\s+{batch} {kind}\s+{re.escape(mix)}\s+[\d.]+ samples/s\s+[\d.]+x mse's step", out), out
+        assert re.search(rf"batch\s+{batch} {kind}\s+paper mix costs [\d.]+x mse alone \(median of 2 alternating "
+                         rf"rounds\); mse-only step [\d.]+ TFLOP/s, [\d.]+% of the measured matmul rate", out), out
     probe = subprocess.run(
         [sys.executable, "-c", "import sys; sys.path.insert(0, 'bench'); import gpu; "
          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'gudhi', 'ot', 'optuna', 'wandb')))"],

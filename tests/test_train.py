@@ -3,6 +3,7 @@ the baselines, and a run killed part-way resumes bit-for-bit."""
 
 import json
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,69 @@ def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):
     # warm-up still runs in epoch 3, after the resume.
     full = _resumes_bit_for_bit(lambda out: tiny_run(tiny_zoo, tmp_path / out, warmup_steps=6), 2)
     assert [h["train/lr"] for h in full.history] == pytest.approx([1e-3 * 3 / 6, 1e-3 * 5 / 6, 1e-3])
+
+
+def test_an_epoch_reads_its_losses_off_the_device_once_and_reports_each_step_s_mean(tiny_zoo, tmp_path, monkeypatch):
+    # Each reading of a value on the device waits for a GPU's queue: the epoch's means
+    # are read once at its end, whatever its steps, and equal the sums of each step's
+    # value read apart (Python floats), weighted by its pairs.
+    import wsmerge.train as train_mod
+
+    steps, reads, in_epoch = [], [], []
+    step, epoch, item = train_mod._train_step, train_mod._train_epoch, torch.Tensor.item
+
+    def recorded_step(*args):
+        loss, terms = step(*args)
+        steps.append((len(args[3][0]), item(loss), {k: item(v.mean()) for k, v in terms.items()}))
+        return loss, terms
+
+    def counted_epoch(*args):
+        in_epoch.append(True)
+        try:
+            return epoch(*args)
+        finally:
+            in_epoch.pop()
+
+    def counted_item(t):
+        # wsmerge's own readings (CPU AdamW reads its step counts; fused on a GPU, it does not).
+        caller = sys._getframe(1).f_code.co_filename
+        if in_epoch and os.sep + "wsmerge" + os.sep in caller:
+            reads.append(caller)
+        return item(t)
+
+    monkeypatch.setattr(train_mod, "_train_step", recorded_step)
+    monkeypatch.setattr(train_mod, "_train_epoch", counted_epoch)
+    monkeypatch.setattr(train_mod, "_POSTFIX_SECONDS", float("inf"))
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    seen = []
+    # Batches of 4 of one activation: 4 steps an epoch (6 relu and 6 tanh triples), the
+    # last of each activation 2 pairs.
+    train(tiny_run(tiny_zoo, tmp_path / "run", epochs=1, batch_size=4, predictiveness_images=0), report=seen.append)
+    assert sorted(n for n, _, _ in steps) == [2, 2, 4, 4]
+    scales = json.loads((tmp_path / "run" / "history.json").read_text())["loss_scales"]
+    n_pairs = sum(n for n, _, _ in steps)
+    expected = {"train/loss": sum(loss * n for n, loss, _ in steps) / n_pairs}
+    for k in ("mse", "behavioral"):
+        expected[f"train/{k}"] = sum(terms[k] * n for n, _, terms in steps) / n_pairs
+        expected[f"train/scaled/{k}"] = sum(terms[k] / scales[k] * n for n, _, terms in steps) / n_pairs
+    assert {k: seen[0][k] for k in expected} == expected
+    assert len(reads) == len(expected)  # one reading a mean, none a step
+
+
+def test_cudnn_times_its_algorithms_while_a_run_trains_and_the_flag_is_restored(tiny_zoo, tmp_path, monkeypatch):
+    import wsmerge.train as train_mod
+
+    seen = []
+
+    def killed_step(*args):
+        seen.append(torch.backends.cudnn.benchmark)
+        raise Crash
+
+    monkeypatch.setattr(train_mod, "_train_step", killed_step)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    with pytest.raises(Crash):
+        train(tiny_run(tiny_zoo, tmp_path / "run", epochs=1))
+    assert seen == [True] and torch.backends.cudnn.benchmark is False
 
 
 def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):

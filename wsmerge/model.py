@@ -356,8 +356,8 @@ class TransformerAE(nn.Module):
         """views: (w1', w2'), the same pairs after behaviour-preserving permutations (the
         contrastive term's second view). Their neck, `neck_aug`, comes out of the same encoder
         calls as the pair's own, at twice the batch: one pass instead of two (with fused AdamW,
-        1.31× the seed preset's paper-mix samples per second at batch 64 on an H200,
-        bench/gpu.py). The decoder runs for the pairs alone."""
+        1.31× the seed preset's paper-mix samples per second at batch 64 on an H200, against
+        a second pass for the views). The decoder runs for the pairs alone."""
         _check_weights(w1, "w1")
         _check_weights(w2, "w2")
         b = w1.shape[0]

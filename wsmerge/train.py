@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wsmerge.align import ALIGN, align, canonical_perms, nearest_to_mean, unalign
-from wsmerge.cnn import HIDDEN_SIZES, permute_units
+from wsmerge.cnn import HIDDEN_SIZES, cudnn_autotuned, permute_units
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.data import MNIST, load_mnist
 from wsmerge.evaluate import EvalConfig, baselines_key, evaluate_merges, groups_of
@@ -453,27 +453,49 @@ def _loss_scales(cfg, model, data, device) -> dict[str, float]:
     return scales
 
 
+def _train_step(cfg, model, opt, batch, data, gen, device, scales) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on `batch` (a `_train_batches` item): the mean loss and each
+    term's per-sample values, left on the device (reading them waits for the GPU)."""
+    _, w1, w2, w3, act, targets = batch
+    _, total, terms = _merge(cfg, model, w1, w2, w3, act, targets, data, gen, device, scales)
+    loss = total.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss, terms
+
+
+# Seconds between the progress bar's loss readings: each waits for the GPU's queue to drain,
+# so the epoch's sums stay on the device and are read once at its end.
+_POSTFIX_SECONDS = 1.0
+
+
 def _train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales) -> dict[str, float]:
     model.train()
-    sums: dict[str, float] = {}
-    count = 0
-    for rows, w1, w2, w3, act, targets in _train_batches(cfg, data, gen, device):
-        _, total, terms = _merge(cfg, model, w1, w2, w3, act, targets, data, gen, device, scales)
-        loss = total.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+    # float64 on the device, the same sums as Python's floats of each step's values.
+    sums: dict[str, torch.Tensor] = {}
+    count, shown = 0, time.monotonic()
+
+    def add(key: str, value: torch.Tensor, n: int, scale: float = 1.0) -> None:
+        sums[key] = sums.get(key, 0.0) + value.detach().double() / scale * n
+
+    for batch in _train_batches(cfg, data, gen, device):
+        loss, terms = _train_step(cfg, model, opt, batch, data, gen, device, scales)
         sched.step()
-        n = len(rows)
-        sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
+        n = len(batch[0])
+        add("loss", loss, n)
         for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().mean().item() * n
-            sums[f"scaled/{k}"] = sums.get(f"scaled/{k}", 0.0) + v.detach().mean().item() / scales[k] * n
+            add(k, v.mean(), n)
+            add(f"scaled/{k}", v.mean(), n, scales[k])
         count += n
         bar.update(n)
-        bar.set_postfix(loss=f"{sums['loss'] / count:.4g}")
-    return {f"train/{k}": v / count for k, v in sums.items()}
+        if time.monotonic() - shown >= _POSTFIX_SECONDS:
+            bar.set_postfix(loss=f"{sums['loss'].item() / count:.4g}")
+            shown = time.monotonic()
+    means = {f"train/{k}": v.item() / count for k, v in sums.items()}
+    bar.set_postfix(loss=f"{means['train/loss']:.4g}")
+    return means
 
 
 @torch.no_grad()
@@ -643,6 +665,7 @@ def _isolated(fn, device: torch.device):
         return fn()
 
 
+@cudnn_autotuned
 def train(
     cfg: RunConfig,
     report: Callable[[dict[str, float]], None] | None = None,
@@ -652,7 +675,9 @@ def train(
     """Train, validate every epoch, test the best epoch's model at the end. `resume`:
     continue the checkpoint in `cfg.out` if there is one, start if there is none, and return
     a finished run's saved result without running anything (`already_complete`); without
-    `resume`, `cfg.out` must not hold a run. zoo: `cfg.zoo` already read (`read_zoo`)."""
+    `resume`, `cfg.out` must not hold a run. zoo: `cfg.zoo` already read (`read_zoo`).
+    On a GPU, cuDNN times its algorithms for the CNN forwards of the losses and the
+    evaluation (grouped convolutions, one group a generated CNN), as the zoo's training does."""
     if cfg.seeds:
         raise ValueError(f"the config asks for seeds {cfg.seeds}: run it with wsmerge.seeds.train_seeds")
     out = Path(cfg.out)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsmerge.cnn import ACTIVATIONS, batched_forward, forward_chunks, init_weights
+from wsmerge.cnn import ACTIVATIONS, batched_forward, cudnn_autotuned, forward_chunks, init_weights
 from wsmerge.data import MNIST, Split
 
 from ._config import Job, TrainConfig
@@ -240,27 +240,7 @@ class _Schedule:
         return to(neg_step, torch.float32), to(bc2, torch.float32), to(active, torch.bool), to(t, torch.long)
 
 
-def _cudnn_autotuned(fn):
-    """`fn` with cuDNN timing its algorithms once per convolution shape, the flag restored
-    after. On an H200 its defaults ran the group's float32 grouped convolutions (every
-    evaluation forward) as one kernel per pair of models, 256 a convolution at 512 models;
-    autotuned, bf16 at 1024 models a step trained 1.13× the model-images per epoch (4.84M
-    against 4.29M a second), 1.08× at 256 (bench/gpu.py). A GPU build is then not bitwise reproducible run to run (the chosen
-    algorithms may differ), which it was not promised to be; a CPU has no cuDNN."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        before = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.backends.cudnn.benchmark = before
-
-    return run
-
-
-@_cudnn_autotuned
+@cudnn_autotuned
 def train_group(
     jobs: Sequence[Job],
     data: MNIST,
