@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from merge_throughput import MergeStep, mix_rates
+from merge_throughput import MergeStep, host_waits, mix_rates
 from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
@@ -291,11 +291,15 @@ def merge_rates(
         measure = mix_rates if kind == "heuristic" else cudnn_autotuned(mix_rates)
         step = MergeStep(name, batch, device, images, plain=kind == "plain", compiled=kind == "compiled")
         rates = measure(step, measured, rounds, 3 if device == "cuda" else 1)
+        waits = {label: host_waits(step, mixes[label]) for label in mixes}
         del step
         for label, r in rates.items():
             memory = f"  peak {r.peak_gib:6.2f} GiB" if device == "cuda" else ""
             print(f"    batch {batch:5d} {kind:9s} {label:17s} {r.rate:9.1f} samples/s  {r.cost:5.2f}x mse's step"
                   f"{memory}", flush=True)
+        if device == "cuda":
+            print(f"    batch {batch:5d} {kind:9s} the host waits for the GPU {waits['mse only']} times in an mse-only "
+                  f"step, {waits['paper mix']} in a paper-mix step")
         achieved = per_sample * rates["mse only"].rate
         print(f"    batch {batch:5d} {kind:9s} paper mix costs {rates['paper mix'].cost:.2f}x mse alone (median of "
               f"{rounds} alternating rounds); mse-only step {achieved / 1e12:.2f} TFLOP/s, "

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -58,7 +59,8 @@ class MergeStep:
         torch.manual_seed(0)
         self.preset, self.device = preset(preset_name), device
         self.model = TransformerAE(self.preset).to(device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4) if plain else make_optimizer(self.model, 1e-4, 0.01)
+        params = self.model.parameters()
+        self.opt = torch.optim.AdamW(params, lr=1e-4) if plain else make_optimizer(self.model, 1e-4, 0.01)
         if compiled:
             self.model.compile()
         w1, w2, w3 = (0.1 * torch.randn(batch, N_PARAMS, device=device) for _ in range(3))
@@ -68,14 +70,32 @@ class MergeStep:
                                     pools={(0, 1): torch.arange(len(images))})
         self.gen = torch.Generator().manual_seed(0)
 
-    def __call__(self, mix: dict[str, float], steps: int = 1) -> None:
+    def __call__(self, mix: dict[str, float], steps: int = 1, wait: bool = True) -> None:
         """`steps` training steps with `mix` (unscaled: a term's weight changes no cost),
-        then a wait for the device."""
+        then a wait for the device unless `wait` is false."""
         cfg = RunConfig(zoo="-", out="-", model=self.preset, losses=mix, loss_scaling="none", query_images=8)
         for _ in range(steps):
             _train_step(cfg, self.model, self.opt, self.batch, self.data, self.gen, torch.device(self.device),
                         {k: 1.0 for k in cfg.losses})
-        _sync(self.device)
+        if wait:
+            _sync(self.device)
+
+
+def host_waits(step: MergeStep, mix: dict[str, float]) -> int | None:
+    """How many times one training step makes the host wait for the GPU (torch's sync debug
+    mode: reading a value, a plain copy from the host), None on a CPU. Each wait drains
+    the GPU's queue, which then idles while the host prepares the next kernels."""
+    if step.device != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step(mix, wait=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    _sync(step.device)
+    return sum("synchronizing" in str(w.message) for w in caught)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,8 @@ def test_gpu_bench_quick_runs_every_section():
     for batch, kind, mixes in ((4, "eager", eager), (8, "eager", eager), (4, "plain", eager[:2]),
                                (4, "heuristic", eager[:2]), (8, "compiled", eager[:2])):
         for mix in mixes:
-            assert re.search(rf"batch\s+{batch} {kind}\s+{re.escape(mix)}\s+[\d.]+ samples/s\s+[\d.]+x mse's step", out), out
+            assert re.search(rf"batch\s+{batch} {kind}\s+{re.escape(mix)}\s+[\d.]+ samples/s\s+[\d.]+x mse's step",
+                             out), out
         assert re.search(rf"batch\s+{batch} {kind}\s+paper mix costs [\d.]+x mse alone \(median of 2 alternating "
                          rf"rounds\); mse-only step [\d.]+ TFLOP/s, [\d.]+% of the measured matmul rate", out), out
     probe = subprocess.run(

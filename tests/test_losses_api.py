@@ -135,12 +135,12 @@ def test_shape_errors(pred_shape, target_shape, match):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_weights_rejected(bad, pair):
-    pred, target = pair
-    pred = pred.clone()
-    pred[1, 7] = bad
-    with pytest.raises(ValueError, match="pred holds non-finite"):
-        mix_loss(pred, target, {"mse": 1.0})
+@pytest.mark.parametrize("which", [0, 1])
+def test_non_finite_weights_rejected(bad, which, pair):
+    pair = [t.clone() for t in pair]
+    pair[which][1, 7] = bad
+    with pytest.raises(ValueError, match=f"{('pred', 'target')[which]} holds non-finite"):
+        mix_loss(*pair, {"mse": 1.0})
 
 
 def test_missing_context_names_loss_and_field(pair):

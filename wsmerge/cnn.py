@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsmerge.devices import to_device
+
 __all__ = [
     "ACTIVATIONS",
     "INITS",
@@ -109,7 +111,7 @@ def permute_units(weights: torch.Tensor, perms: Sequence[torch.Tensor]) -> torch
     # Where each output position takes its value from: the permutations applied to positions.
     idx = {k: v.expand(b, *v.shape) for k, v in unflatten(torch.arange(N_PARAMS, device=device)).items()}
     for (producers, consumer, unit), n, perm in zip(HIDDEN_UNITS, HIDDEN_SIZES, perms, strict=True):
-        perm = perm.to(device, torch.long).expand(b, n)
+        perm = to_device(perm.long(), device).expand(b, n)
         for name in producers:
             idx[name] = _take(idx[name], 1, perm)
         columns = perm[:, :, None] * unit + torch.arange(unit, device=device)

@@ -37,6 +37,7 @@ from wsmerge.align import ALIGN, align, canonical_perms, nearest_to_mean, unalig
 from wsmerge.cnn import HIDDEN_SIZES, cudnn_autotuned, permute_units
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.data import MNIST, load_mnist
+from wsmerge.devices import to_device
 from wsmerge.evaluate import EvalConfig, baselines_key, evaluate_merges, groups_of
 from wsmerge.files import atomic_write, write_json
 from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix
@@ -348,7 +349,7 @@ def _query_images(data: _Data, targets: list[tuple[int, ...]], n: int, gen: torc
     for t in targets:
         pool = data.pools[t]
         idx.append(pool[torch.randint(len(pool), (n,), generator=gen)])
-    return data.mnist.train.images[torch.stack(idx).to(data.mnist.train.images.device)]
+    return data.mnist.train.images[to_device(torch.stack(idx), data.mnist.train.images.device)]
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -421,7 +422,7 @@ def _train_batches(cfg, data, gen, device):
     cnn1, cnn2, _ = (torch.from_numpy(i) for i in data.pairs.indices("train"))
     meta = data.pairs.meta("train")
     for rows in _batches(meta["activation"], cfg.batch_size, gen):
-        r = rows.to(device)
+        r = to_device(rows, device)
         w1, w2 = w1_all[r], w2_all[r]
         if data.augment is not None:
             w1, w2 = data.augment(w1, cnn1[rows], gen), data.augment(w2, cnn2[rows], gen)

@@ -13,6 +13,7 @@ import torch
 from torch.autograd import forward_ad
 
 from ..cnn import batched_forward
+from ..devices import to_device
 from ._common import probe_generator, rademacher, safe_sqrt
 from ._registry import register
 
@@ -120,6 +121,7 @@ def jacobian(pred, target, ctx, opt):
         v, scale = torch.eye(10), 1.0
     else:
         v, scale = rademacher((opt.probes, 10), probe_generator(opt.seed, ctx.generator)), 1.0 / opt.probes
+    v = to_device(v, pred.device)
     jp = input_jacobian_products(pred, x, ctx.activation, v, create_graph=torch.is_grad_enabled())
     jt = input_jacobian_products(target, x, ctx.activation, v, create_graph=False)
     return safe_sqrt(scale * ((jp - jt) ** 2).sum(dim=(2, 3)).mean(dim=1))

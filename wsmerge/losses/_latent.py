@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..cnn import HIDDEN_SIZES, N_PARAMS, permute_units
+from ..devices import to_device
 from ._common import probe_generator, rademacher
 from ._registry import register
 
@@ -105,7 +106,7 @@ def contractive(pred, target, ctx, opt):
             if opt.probes == 0:
                 probes, scale = torch.eye(d, dtype=z.dtype, device=z.device)[:, None, :].expand(d, b, d), 1.0
             else:
-                probes, scale = rademacher((opt.probes, b, d), gen).to(z), 1.0 / opt.probes
+                probes, scale = to_device(rademacher((opt.probes, b, d), gen), z.device).to(z.dtype), 1.0 / opt.probes
             for v in probes:
                 (g,) = torch.autograd.grad(
                     z, w, grad_outputs=torch.cat([v, v]), retain_graph=True, create_graph=create_graph
@@ -144,7 +145,7 @@ def contrastive(pred, target, ctx, opt):
     z = F.normalize(views, dim=1)
     sim = z @ z.T / opt.temperature
     sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
-    pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    pos = torch.arange(2 * b, device=z.device).roll(b)
     per_view = torch.logsumexp(sim, dim=1) - sim[torch.arange(2 * b, device=z.device), pos]
     return (per_view[:b] + per_view[b:]) / 2
 

@@ -61,9 +61,9 @@ def _check_weights(pred: torch.Tensor, target: torch.Tensor) -> None:
             raise ValueError(f"{what} must be [B, {N_PARAMS}] with B > 0, got {shape}")
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    for what, t in (("pred", pred), ("target", target)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{what} holds non-finite values")
+    # One reading for both (on a GPU each waits for the queued kernels); which one, on failure.
+    if not (torch.isfinite(pred).all() & torch.isfinite(target).all()):
+        raise ValueError(f"{'pred' if not torch.isfinite(pred).all() else 'target'} holds non-finite values")
 
 
 def mix_loss(
