@@ -396,5 +396,6 @@ def merge_part(data, device: str, quick: bool, args: argparse.Namespace) -> None
         merge_rates(device, name, batches, 2 if quick else 5, data.test.images[:256], peak, args.levers,
                     compile=args.levers or name == "seed" or quick)
 
+
 if __name__ == "__main__":
     main()

@@ -69,11 +69,16 @@ class MergeStep:
         self.data = SimpleNamespace(mnist=SimpleNamespace(train=SimpleNamespace(images=images.to(device))),
                                     pools={(0, 1): torch.arange(len(images))})
         self.gen = torch.Generator().manual_seed(0)
+        self.configs: dict[tuple, RunConfig] = {}
 
     def __call__(self, mix: dict[str, float], steps: int = 1, wait: bool = True) -> None:
         """`steps` training steps with `mix` (unscaled: a term's weight changes no cost),
         then a wait for the device unless `wait` is false."""
-        cfg = RunConfig(zoo="-", out="-", model=self.preset, losses=mix, loss_scaling="none", query_images=8)
+        key = tuple(mix.items())
+        if key not in self.configs:  # validated once, outside the timed steps
+            self.configs[key] = RunConfig(zoo="-", out="-", model=self.preset, losses=mix, loss_scaling="none",
+                                          query_images=8)
+        cfg = self.configs[key]
         for _ in range(steps):
             _train_step(cfg, self.model, self.opt, self.batch, self.data, self.gen, torch.device(self.device),
                         {k: 1.0 for k in cfg.losses})

@@ -487,8 +487,9 @@ def _train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales) -> dict
         n = len(batch[0])
         add("loss", loss, n)
         for k, v in terms.items():
-            add(k, v.mean(), n)
-            add(f"scaled/{k}", v.mean(), n, scales[k])
+            mean = v.mean()
+            add(k, mean, n)
+            add(f"scaled/{k}", mean, n, scales[k])
         count += n
         bar.update(n)
         if time.monotonic() - shown >= _POSTFIX_SECONDS:
