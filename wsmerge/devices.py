@@ -4,8 +4,8 @@ torch's plain copy of a host tensor onto a GPU synchronizes the stream: the host
 every kernel queued so far has run, and the GPU then idles while the host prepares the
 next ones. Training draws its random choices on the host (from CPU generators, so a run
 draws the same on any device), so every such draw moved per step would cost one of these
-waits: a paper-mix step made 10 such copies (the batch's rows, the query images, and four
-layers' permutations for each of the two views).
+waits: a paper-mix step made 9 such copies of draws (the batch's rows, and four layers'
+permutations for each of the two views), and one more a pair for its query images.
 """
 
 from __future__ import annotations

@@ -240,7 +240,8 @@ class _Data:
     weights: torch.Tensor  # the zoo's [R, 2464] on the device
     init: dict[str, torch.Tensor]  # split -> shared epoch-0 weights of each pair
     mnist: MNIST
-    # Image pool of each target class set, for query images.
+    # Image pool of each target class set, for query images; on the host, where they are
+    # drawn (on a GPU, looking up a pair's draws there would make the host wait, every pair).
     pools: dict[tuple[int, ...], torch.Tensor]
     # The CNNs as the model reads and writes them: `weights` in canonical order
     # (RunConfig.align), or `weights` itself. The baselines always see `weights`.
@@ -292,7 +293,7 @@ def _load_data(cfg: RunConfig, device: torch.device, tables: ZooTables | None) -
     init = {s: pairs.init_weights(s, init_df).to(device) for s in ("train", "val", "test")}
     mnist = load_mnist().to(device)
     targets = sorted({t for s in ("train", "val", "test") for t in pairs[s]["c3"]})
-    pools = {t: mnist.train.indices(t) for t in targets}
+    pools = {t: mnist.train.indices(t).cpu() for t in targets}
     inputs, order = weights, None
     if cfg.align != "none":
         order = _canonical_order(cfg.align, pairs, weights.cpu(), zoo["activation"].to_numpy())
