@@ -6,6 +6,12 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+# Every Ray of the tests runs without token authentication, as the two-node cluster of
+# test_cluster.py does. Unset, a local ray.init() turns it on for the rest of the process
+# (Ray 2.60 writes RAY_AUTH_MODE=token into os.environ and caches the mode), and a driver
+# in token mode loses every actor it starts on a cluster without it ("cancelled before it
+# started running"): a sweep test run before the cluster's failed it.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")
