@@ -58,18 +58,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from merge_throughput import MergeStep, host_waits, mix_rates
+from merge_throughput import MergeStep, host_waits, mix_rates, sync
 from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
-from wsmerge.cnn import ACTIVATIONS, cudnn_autotuned
+from wsmerge.cnn import ACTIVATIONS
+from wsmerge.devices import cudnn_autotuned
 from wsmerge.zoo import Job, ModelRecord, TrainConfig, plan_build, profile, train_group, train_images
 from wsmerge.zoo._train import _accuracy, _draw_batches, _padded
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +102,7 @@ def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: i
         start = time.perf_counter()
         warm = _zoo_config(precision, per_class, 1)
         train_group(jobs, data, dataclasses.replace(warm, train_per_class=warm.batch_size), compile=compiled)
-        _sync(device)
+        sync(device)
         warm_up = time.perf_counter() - start
         seconds, images = {}, {}
         for epochs in (1, 3):
@@ -114,7 +110,7 @@ def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: i
             images[epochs] = sum(train_images(jobs, cfg, data).values()) * epochs
             start = time.perf_counter()
             train_group(jobs, data, cfg, compile=compiled)
-            _sync(device)
+            sync(device)
             seconds[epochs] = time.perf_counter() - start
         per_epoch = max(1e-9, (seconds[3] - seconds[1]) / 2)
         rate = ZooRate(images[3] / seconds[3], images[1] / per_epoch, max(0.0, seconds[1] - per_epoch))
@@ -162,11 +158,11 @@ def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> li
     jobs, cfg = _jobs(k), _zoo_config(precision, per_class, 1)
     train_group(jobs, data, cfg, compile=True)
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device == "cuda")
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     with profile(activities=activities) as prof:
         records = train_group(jobs, data, cfg, compile=True)
-        _sync(device)
+        sync(device)
     wall = time.perf_counter() - start
     events = prof.key_averages()
     host = [e for e in events if e.device_type == DeviceType.CPU]
@@ -209,7 +205,7 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
             torch.backends.cuda.matmul.allow_tf32 = tf32
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 accuracy(weights, data.val, idx, mask, acts, width)  # compiles
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 acc = np.array(accuracy(weights, data.val, idx, mask, acts, width))
                 seconds = time.perf_counter() - start
@@ -249,12 +245,12 @@ def matmul_rate(device: str, n: int) -> float:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
-    _sync(device)
+    sync(device)
     reps = 100 if device == "cuda" else 3
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 

@@ -41,7 +41,7 @@ def _timed(fn, repeats: int, warm: bool = True) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -83,7 +83,7 @@ class MergeStep:
             _train_step(cfg, self.model, self.opt, self.batch, self.data, self.gen, torch.device(self.device),
                         {k: 1.0 for k in cfg.losses})
         if wait:
-            _sync(self.device)
+            sync(self.device)
 
 
 def host_waits(step: MergeStep, mix: dict[str, float]) -> int | None:
@@ -99,7 +99,7 @@ def host_waits(step: MergeStep, mix: dict[str, float]) -> int | None:
             step(mix, wait=False)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    _sync(step.device)
+    sync(step.device)
     return sum("synchronizing" in str(w.message) for w in caught)
 
 

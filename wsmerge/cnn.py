@@ -10,7 +10,6 @@ and the flat vectors of all models line up position by position.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import zlib
@@ -37,7 +36,6 @@ __all__ = [
     "check_activation",
     "check_init",
     "conv1_im2col",
-    "cudnn_autotuned",
     "dropout_keep",
     "flatten",
     "forward_chunks",
@@ -346,28 +344,6 @@ def _activation_runs(activation: str | Sequence[str] | torch.Tensor, m: int) -> 
         return torch.cat([fn(t.narrow(dim, a * per, (b - a) * per)) for fn, a, b in runs], dim)
 
     return act
-
-
-def cudnn_autotuned(fn: Callable) -> Callable:
-    """`fn` with cuDNN timing its algorithms once per convolution shape, the flag restored
-    after: for the zoo's training and the merge model's, whose losses run `batched_forward`.
-    On an H200 cuDNN's defaults ran the float32 grouped convolutions of a group (every
-    evaluation forward) as one kernel per pair of models, 256 a convolution at 512 models;
-    autotuned, bf16 at 1024 models a step trained 1.13× the model-images per epoch (4.84M
-    against 4.29M a second), 1.08× at 256 (bench/gpu.py). A GPU run is then not bitwise
-    reproducible run to run (the chosen algorithms may differ), which it was not promised
-    to be; a CPU has no cuDNN."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        before = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.backends.cudnn.benchmark = before
-
-    return run
 
 
 def batched_forward(

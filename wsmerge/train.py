@@ -34,10 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from wsmerge.align import ALIGN, align, canonical_perms, nearest_to_mean, unalign
-from wsmerge.cnn import HIDDEN_SIZES, cudnn_autotuned, permute_units
+from wsmerge.cnn import HIDDEN_SIZES, permute_units
 from wsmerge.config import check_int, check_number, from_dict, read_yaml
 from wsmerge.data import MNIST, load_mnist
-from wsmerge.devices import to_device
+from wsmerge.devices import cudnn_autotuned, to_device
 from wsmerge.evaluate import EvalConfig, baselines_key, evaluate_merges, groups_of
 from wsmerge.files import atomic_write, write_json
 from wsmerge.losses import LossContext, mix_loss, permute_neurons, required_context, validate_mix

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsmerge.cnn import ACTIVATIONS, batched_forward, cudnn_autotuned, forward_chunks, init_weights
+from wsmerge.cnn import ACTIVATIONS, batched_forward, forward_chunks, init_weights
+from wsmerge.devices import cudnn_autotuned
 from wsmerge.data import MNIST, Split
 
 from ._config import Job, TrainConfig
