@@ -352,11 +352,13 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
     print(f"\nthe host's draw of an epoch's batches ({torch.get_num_threads()} threads), the same indices:")
     draw_cost(data, [(16, 64)] if quick else [(1024, 1000), (1024, None), (4096, 1000)])
     if args.profile:
+        profiled = time.perf_counter()
         print("\nzoo trainer profiled:")
         records = zoo_profile(data, device, *(("fp32", 16) if quick else ("bf16", 1024)), per_class)
         print(f"\nthe validation forward alone, {len(records)} of those models on "
               f"{'10 images a class' if quick else 'every image of their classes, as in the full zoo'}:")
         eval_precisions(data, device, records, 10 if quick else None)
+        print(f"(the profile and the validation forward: {time.perf_counter() - profiled:.0f} s of this part)")
 
     full = profile("full")
     plans = {k: plan_build(full, full.jobs(), k, data) for k in sizes}
