@@ -1,28 +1,28 @@
 """What one GPU does for wsmerge, in one run: the figures issue 10 asks for by default, the
 levers beside the plain step with `--levers`, where a zoo epoch's time goes with `--profile`.
 Each part prints its own wall time, compiling included (the zoo step compiles once per group
-width and precision, the merge model once a mix). On an H200, with fp32 at every size and
-the accuracy check compiling a width of its own, the default ran 345 s and had not finished
-the merge model's compiled run; it now leaves out fp32 at 1 and 4096 models a step (57 s
-of compiling there) and the accuracy check's compile, which should bring it under 5
-minutes (not timed yet). The run with everything took 532 s.
+width and precision, the merge model once a mix). On an H100 the default ran 295 s, of which
+compiling took about 190; `--profile` adds about 45 s.
 
 1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
    two-class jobs: model-images per second by models per step (bf16 autocast at 1 to
-   4096, fp32 at 256 and 1024, every size with `--levers`), both through torch.compile as
-   the builder runs them on a GPU, after a warm-up that compiles. Each size runs 3 epochs
-   with per-epoch validation and a test checkpoint, and 1 epoch beside it: their
-   difference is an epoch's rate, the rest a group's fixed seconds (setup, the test
-   checkpoint), which a 36-epoch zoo group pays once. Then the host's draw of an epoch's batches, as train_group writes them in place against
-   each model's built apart. `--levers`: the bf16 step eager beside it, at two sizes.
-   `--profile`: one bf16 epoch of 1024 models under torch.profiler, by train_group's phases
-   and by kernel, then their validation forward alone on the full zoo's validation sets in
-   float32, with TF32 matmuls and under bf16 autocast (rates, and how far each moves the
-   accuracies).
-2. The full zoo's projected minutes by models per step and precision: the full profile's
-   model-images (training images × epochs, every model to its last bin) at an epoch's rate,
-   stretched by the share of step slots that models past their own epoch leave idle in
-   groups of that size (grouped by image count), plus each group's fixed seconds.
+   4096, fp32 at 1024, every size with `--levers`), both through torch.compile as the
+   builder runs them on a GPU, after a warm-up that compiles. Each size runs 3 epochs with
+   per-epoch validation and a test checkpoint (8 images a class, so that an epoch's rate is
+   the training step's), and 1 epoch beside it: their difference is an epoch's rate, the
+   rest a group's fixed seconds (setup, the first draw, the results to the host), which a
+   36-epoch zoo group pays once. Then the validation forward's rate on the full zoo's
+   validation sets, and the host's draw of an epoch's batches, as train_group writes them in
+   place against each model's built apart. `--levers`: the bf16 step eager beside it, at two
+   sizes, and with the first convolution's patches unpadded. `--profile`: one bf16 epoch of
+   1024 models under torch.profiler, by train_group's phases and by kernel, then their
+   validation forward alone on the full zoo's validation sets in float32, with TF32 matmuls
+   and under bf16 autocast (rates, and how far each moves the accuracies).
+2. The full zoo's projected minutes by models per step and precision: each epoch's steps
+   (`plan_build`: groups by image count, each step narrowed to the group's widths, its
+   models past their epoch idle in it) at the epoch rate measured nearest each step's
+   width, the full zoo's evaluation (validation every epoch, all 10,000 test images at
+   each bin) at the validation forward's rate, and each group's fixed seconds.
 3. The accuracy check: the same sample of two- and five-class jobs (128 each, one group)
    trained 3 epochs in fp32 (eager) and in bf16 (compiled), median test accuracy on own
    classes per class count.
@@ -62,7 +62,8 @@ from merge_throughput import MergeStep, host_waits, mix_rates, sync
 from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
-from wsmerge.cnn import ACTIVATIONS
+import wsmerge.cnn
+from wsmerge.cnn import ACTIVATIONS, init_weights
 from wsmerge.devices import cudnn_autotuned
 from wsmerge.zoo import Job, ModelRecord, TrainConfig, plan_build, profile, train_group, train_images
 from wsmerge.zoo._train import _accuracy, _draw_batches, _padded
@@ -86,11 +87,12 @@ def _jobs(k: int) -> list[Job]:
 
 
 def _zoo_config(precision: str, per_class: int, epochs: int) -> TrainConfig:
-    # Validation and test sets a tenth of the training set: less evaluation than the full
-    # zoo's (2,055 validation images for 10,610 training ones on (0, 1), and 8,000 test
-    # images of other classes at each of 6 bins), so the projection below is a lower bound.
+    # Validation and test sets of 8 images a class, a few percent of the training images:
+    # an epoch's rate is the training step's, and the projection times the full zoo's
+    # evaluation (a fifth of the training images each epoch, and all 10,000 test images at
+    # each bin) apart, at the rate `eval_rates` measures.
     return TrainConfig(max_epochs=epochs, bins=(epochs,), train_per_class=per_class,
-                       eval_per_class=per_class // 10, precision=precision)
+                       eval_per_class=8, precision=precision)
 
 
 def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: int) -> dict[tuple, ZooRate]:
@@ -119,6 +121,64 @@ def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: i
               f"{rate.rate:12,.0f} model-images/s  (an epoch {rate.epoch_rate:12,.0f}/s, {rate.fixed:5.2f} s a group "
               f"besides; warm-up {warm_up:5.1f} s)", flush=True)
     return rates
+
+
+def _conv1_unpadded(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    # wsmerge.cnn.conv1_im2col as it was: a patch's 25 values, unpadded.
+    m, n = images.shape[:2]
+    patches = images.unfold(2, 5, 1).unfold(3, 5, 1).reshape(m, n * 576, 25)
+    y = torch.baddbmm(b1.unsqueeze(1), patches, w1.reshape(m, 8, 25).transpose(1, 2))
+    return y.view(m, n, 24, 24, 8).permute(1, 0, 4, 2, 3).reshape(n, m * 8, 24, 24)
+
+
+def conv1_lever(data, device: str, k: int, per_class: int, padded: ZooRate) -> None:
+    """The zoo's bf16 step at k models with the first convolution's patches unpadded (25
+    values a row, which cuBLAS multiplies with an unaligned kernel) beside the padded one's
+    `padded` rate, measured in this run."""
+    ours = wsmerge.cnn.conv1_im2col
+    wsmerge.cnn.conv1_im2col = _conv1_unpadded  # torch.compile's guards see the swap and recompile
+    try:
+        plain = zoo_rates(data, device, [("bf16", k, True)], per_class)["bf16", k, True]
+    finally:
+        wsmerge.cnn.conv1_im2col = ours
+    print(f"  bf16 {k:5d} models/step: patches padded to 32 / unpadded = {padded.epoch_rate / plain.epoch_rate:.2f} "
+          f"(an epoch's rate)")
+
+
+def eval_rates(data, device: str, widths: list[int]) -> dict[int, float]:
+    """Model-images/s of the validation forward (float32, whatever the training precision,
+    compiled on a GPU as train_group runs it) of groups of each width on the full validation
+    sets of their classes, two-class jobs' as in the full zoo (about 2,000 images each)."""
+    rates = {}
+    accuracy = cudnn_autotuned(_accuracy)  # as train_group runs it
+    for k in widths:
+        jobs = _jobs(k)
+        weights = torch.stack([init_weights(j.activation, j.init, j.seed) for j in jobs]).to(device)
+        idx, mask = _padded([data.val.indices(j.classes).cpu() for j in jobs], device)
+        width = k if device == "cuda" else None
+        acts = torch.tensor([ACTIVATIONS.index(j.activation) for j in jobs], device=device) if width else \
+            [j.activation for j in jobs]
+        accuracy(weights, data.val, idx, mask, acts, width)  # compiled by the zoo runs; cuDNN times its algorithms
+        sync(device)
+        start = time.perf_counter()
+        accuracy(weights, data.val, idx, mask, acts, width)
+        rates[k] = int(mask.sum()) / (time.perf_counter() - start)
+        print(f"  {k:5d} models: {rates[k]:12,.0f} model-images/s")
+    return rates
+
+
+def _step_seconds(rates: dict[int, float], width: int, batch: int) -> float:
+    """Seconds of a training step `width` models wide from the epoch rates measured at other
+    widths: linear in the width between the nearest two (a step costs a fixed time and a
+    time a model), the nearest one's rate beyond them."""
+    known = sorted(rates)
+    seconds = {k: k * batch / rates[k] for k in known}
+    if width <= known[0] or width >= known[-1]:
+        k = known[0] if width <= known[0] else known[-1]
+        return width * batch / rates[k]
+    hi = next(k for k in known if k >= width)
+    lo = known[known.index(hi) - 1]
+    return seconds[lo] + (seconds[hi] - seconds[lo]) * (width - lo) / (hi - lo)
 
 
 def draw_cost(data, sizes: list[tuple[int, int | None]]) -> None:
@@ -335,12 +395,12 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
     sizes = [1, 4, 16] if quick else [1, 256, 1024, 4096]
     per_class = 64 if quick else 1000
     print(f"\nzoo trainer, two-class relu jobs of {per_class} training images a class, "
-          f"3 epochs with validation and a test checkpoint; an epoch's rate and a group's other seconds from a "
+          f"3 epochs with validation and a test checkpoint (8 images a class); an epoch's rate and a group's other seconds from a "
           f"1-epoch run beside it (compiled: the builder's default on a GPU; eager: the same step without "
           f"torch.compile):")
-    # fp32, the slow path, at the sizes one would pick for it; at every size with --levers
-    # (on an H200 the other two add about 90 s, mostly compiling).
-    fp32_sizes = sizes if quick or args.levers else [256, 1024]
+    # fp32, the slow path, at the size one would pick for it; at every size with --levers
+    # (on an H100 each size took 30-45 s, mostly compiling).
+    fp32_sizes = sizes if quick or args.levers else [1024]
     rates = zoo_rates(data, device, [("fp32", k, True) for k in fp32_sizes] + [("bf16", k, True) for k in sizes],
                       per_class)
     if args.levers:
@@ -349,6 +409,7 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
         for k in side:
             print(f"  bf16 {k:5d} models/step: compiled / eager = "
                   f"{rates['bf16', k, True].rate / eager['bf16', k, False].rate:.2f}")
+        conv1_lever(data, device, side[-1], per_class, rates["bf16", side[-1], True])
     print(f"\nthe host's draw of an epoch's batches ({torch.get_num_threads()} threads), the same indices:")
     draw_cost(data, [(16, 64)] if quick else [(1024, 1000), (1024, None), (4096, 1000)])
     if args.profile:
@@ -360,21 +421,32 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
         eval_precisions(data, device, records, 10 if quick else None)
         print(f"(the profile and the validation forward: {time.perf_counter() - profiled:.0f} s of this part)")
 
+    print("\nthe validation forward (float32 in either precision, compiled as train_group runs it) on the full "
+          "zoo's validation sets of two-class jobs:")
+    evals = eval_rates(data, device, [k for k in sizes if k > 1])
     full = profile("full")
-    plans = {k: plan_build(full, full.jobs(), k, data) for k in sizes}
-    print(f"\nfull zoo ({len(full.jobs())} models, {full.train.last_epoch} epochs each), projected: its "
-          f"model-images at an epoch's rate, stretched by the step slots that models past their epoch leave "
-          f"idle, plus each group's other seconds:")
+    plans = {k: plan_build(full, full.jobs(), k, data, device) for k in sizes if k > 1}
+    epochs, batch = full.train.last_epoch, full.train.batch_size
+    print(f"\nfull zoo ({len(full.jobs())} models, {epochs} epochs each; {plans[sizes[-1]].model_images:,} "
+          f"model-images trained, {plans[sizes[-1]].eval_images:,} evaluated), projected: each step (its models past "
+          f"their epoch idle in it; on a GPU it narrows to the group's widths) at the epoch rate measured nearest "
+          f"its width, the evaluation at the validation forward's rate, and each group's other seconds:")
     for precision in ("fp32", "bf16"):
-        minutes = {k: (p.model_images / rates[precision, k, True].epoch_rate / (1 - p.idle_share)
-                       + p.groups * rates[precision, k, True].fixed) / 60
-                   for k, p in plans.items() if (precision, k, True) in rates}
-        for k in minutes:
+        measured = {k: r.epoch_rate for (p_, k, _), r in rates.items() if p_ == precision}
+        minutes = {}
+        for k, plan in plans.items():
+            if (precision, k, True) not in rates:
+                continue
+            train = epochs * sum(slots / w * _step_seconds(measured, w, batch)
+                                 for w, slots in plan.slots_by_width.items())
+            evaluate = plan.eval_images / evals[min(evals, key=lambda e: abs(e - k))]
+            other = plan.groups * rates[precision, k, True].fixed
+            minutes[k] = (train / 60, evaluate / 60, (train + evaluate + other) / 60)
+        for k, (train, evaluate, total) in minutes.items():
             p = plans[k]
-            best = "  <- best" if k == min(minutes, key=minutes.get) else ""
-            print(f"  {precision}  {k:5d} models/step: {p.model_images:,} model-images at "
-                  f"{rates[precision, k, True].epoch_rate:,.0f}/s, {100 * p.idle_share:4.1f}% idle, {p.groups:4d} "
-                  f"groups: {minutes[k]:10,.1f} min{best}")
+            best = "  <- best" if k == min(minutes, key=lambda k: minutes[k][2]) else ""
+            print(f"  {precision}  {k:5d} models/step: {p.groups:4d} groups, {100 * p.idle_share:4.1f}% of step slots "
+                  f"idle; training {train:7.1f} min, evaluation {evaluate:5.1f} min: {total:7.1f} min{best}")
 
     print("\naccuracy check, relu jobs, test accuracy on own classes, median: fp32 eager (the reference) "
           "against bf16 compiled (the fast path; on a CPU both run fp32 eagerly):")

@@ -47,7 +47,7 @@ from wsmerge.zoo import (
     load,
     plan_build,
     plan_groups,
-    probe_rate,
+    probe_rates,
     train_images,
 )
 
@@ -177,22 +177,26 @@ def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
         return 0
     device = "cuda" if opts.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
     data = load_mnist(opts.data_root)
-    plan = plan_build(cfg, jobs, opts.models_per_step, data)
+    plan = plan_build(cfg, jobs, opts.models_per_step, data, device)
     probe = plan_groups(jobs, opts.models_per_step, train_images(jobs, cfg.train, data))[0]
     torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
-    rate = probe_rate(probe, data.to(device), cfg.train, compile=opts.compile)
+    rates = probe_rates(probe, data.to(device), cfg.train, compile=opts.compile)
     actors = opts.actors or 1
-    # The probe's group has one image count; idle slots stretch the real groups' steps.
-    minutes = plan.model_images / (1 - plan.idle_share) / (rate * actors) / 60
+    # The probe's group has one image count; idle slots stretch the real groups' steps
+    # (on a GPU, where a step narrows to a few widths only).
+    train_min = plan.model_images / (1 - plan.idle_share) / rates.train / 60
+    eval_min = plan.eval_images / rates.evaluate / 60
     print(
         f"zoo {cfg.name} at {out}: {plan.jobs} models to train ({len(cfg.jobs()) - plan.jobs} already built), "
         f"{plan.groups} groups of up to {opts.models_per_step}\n"
-        f"  model-images: {plan.model_images:,} (every model to epoch {cfg.train.last_epoch}; early stopping "
-        f"only lowers it); {100 * plan.idle_share:.1f}% of the group steps' slots idle\n"
+        f"  model-images: {plan.model_images:,} trained (every model to epoch {cfg.train.last_epoch}; early "
+        f"stopping only lowers it), {100 * plan.idle_share:.1f}% of the group steps' slots idle; "
+        f"{plan.eval_images:,} evaluated (validation each epoch, test at each bin)\n"
         f"  disk: {plan.disk_bytes / 2**20:,.1f} MiB of shards\n"
-        f"  probe: {rate:,.0f} model-images/s for one actor ({len(probe)} models per step, {device}, "
-        f"{max(1, int(opts.cpus_per_actor))} threads)\n"
-        f"  projected: {minutes:,.1f} min with {actors} actor{'s' * (actors > 1)}, if actors scale linearly"
+        f"  probe: {rates.train:,.0f} model-images/s trained, {rates.evaluate:,.0f} evaluated, for one actor "
+        f"({len(probe)} models per step, {device}, {max(1, int(opts.cpus_per_actor))} threads)\n"
+        f"  projected: {(train_min + eval_min) / actors:,.1f} min with {actors} actor{'s' * (actors > 1)} "
+        f"({train_min / actors:,.1f} training, {eval_min / actors:,.1f} evaluating), if actors scale linearly"
     )
     return 0
 

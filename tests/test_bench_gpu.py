@@ -22,11 +22,16 @@ def test_gpu_bench_quick_runs_every_section():
         for k in (1, 4, 16):
             assert re.search(rf"{precision}\s+{k} models/step\s+compiled\s+[\d,]+ model-images/s  \(an epoch\s+[\d,]+/s, "
                              rf"\s*[\d.]+ s a group besides; warm-up\s+[\d.]+ s\)", out), out
-            assert re.search(rf"{precision}\s+{k} models/step: 5,518,800,000 model-images at [\d,]+/s, "
-                             rf"\s*[\d.]+% idle,\s+\d+ groups:\s+[\d,.]+ min", out), out
+            if k > 1:
+                assert re.search(rf"{precision}\s+{k} models/step:\s+\d+ groups,\s+[\d.]+% of step slots idle; "
+                                 rf"training\s+[\d,.]+ min, evaluation\s+[\d,.]+ min:\s+[\d,.]+ min", out), out
+    assert "5,518,800,000 model-images trained, 1,468,440,000 evaluated" in out, out
     for k in (4, 16):
+        assert re.search(rf"^\s+{k} models:\s+[\d,]+ model-images/s$", out, re.M), out
         assert re.search(rf"bf16\s+{k} models/step\s+eager\s+[\d,]+ model-images/s", out), out
         assert re.search(rf"bf16\s+{k} models/step: compiled / eager = [\d.]+", out), out
+    assert re.search(r"bf16\s+16 models/step: patches padded to 32 / unpadded = [\d.]+ \(an epoch's rate\)", out), out
+    assert re.search(r"\(the profile and the validation forward: \d+ s of this part\)", out), out
     assert re.search(r"16 models of\s+128 images:\s+[\d.]+ s in place,\s+[\d.]+ s built apart \([\d.]+x\)", out), out
     assert re.search(r"fp32, 16 models a step, one epoch of 64 images a class: [\d.]+ s under the profiler", out), out
     for phase in ("steps", "validation", "test", "draw"):

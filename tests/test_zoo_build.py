@@ -154,9 +154,14 @@ def test_cli_plan_trains_nothing(tmp_path, capsys, mnist):
     jobs = cfg.jobs()
     images = sum(len(mnist.train.indices(j.classes, cfg.train.train_per_class)) for j in jobs)
     assert f"{len(jobs)} models to train (0 already built)" in text
-    assert f"model-images: {images * cfg.train.last_epoch:,} " in text
-    assert re.search(r"disk: [\d.]+ MiB", text) and re.search(r"probe: [\d,]+ model-images/s", text)
-    assert re.search(r"projected: [\d.,]+ min with 1 actor", text)
+    assert f"model-images: {images * cfg.train.last_epoch:,} trained " in text
+    t, per = cfg.train, cfg.train.eval_per_class
+    evaluated = sum(len(mnist.val.indices(j.classes, per)) * t.last_epoch + len(t.bins) * (
+        len(mnist.test.indices(j.classes, per)) + len(mnist.test.others(j.classes, per))) for j in jobs)
+    assert f"{evaluated:,} evaluated (validation each epoch, test at each bin)" in text
+    assert re.search(r"disk: [\d.]+ MiB", text)
+    assert re.search(r"probe: [\d,]+ model-images/s trained, [\d,]+ evaluated", text)
+    assert re.search(r"projected: [\d.,]+ min with 1 actor \([\d.,]+ training, [\d.,]+ evaluating\)", text)
     assert not out.exists()
 
 

@@ -15,12 +15,13 @@ from wsmerge.zoo import (
     bin_sources,
     cyclic_lr,
     load,
+    plan_build,
     plan_groups,
     train_group,
     train_images,
 )
 from wsmerge.zoo._store import record_table
-from wsmerge.zoo._train import _accuracy, _adam_step, _draw_batches, _padded, _Schedule
+from wsmerge.zoo._train import _accuracy, _adam_step, _draw_batches, _padded, _Schedule, step_width
 
 
 def _stops(seq, patience=3, margin=0.05):
@@ -306,8 +307,56 @@ def test_groups_cover_every_job_in_close_image_counts(n, per_step):
     assert counts == sorted(counts)
 
 
+def _widths(n: int, narrowest: int) -> list[int]:
+    """A group's step widths written out: n, then n halved (rounded down) while at least
+    min(n, narrowest)."""
+    out = [n]
+    while out[-1] // 2 >= min(n, narrowest):
+        out.append(out[-1] // 2)
+    return out
+
+
+def test_a_step_narrows_to_the_narrowest_of_its_group_s_widths():
+    for n in (1, 5, 256, 1013, 1024, 3039, 4096):
+        widths = _widths(n, 256)
+        for live in range(1, n + 1):
+            assert step_width(live, n, exact=False) == min(w for w in widths if w >= live)
+            assert step_width(live, n, exact=True) == live
+    assert _widths(1013, 256) == [1013, 506] and _widths(3039, 256) == [3039, 1519, 759, 379]
+    assert _widths(256, 256) == [256]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_plan_counts_each_step_s_slots_at_its_width(mnist, monkeypatch, device):
+    # Two groups of 6 jobs: six of 7 steps of 16 images; four of 10 and two of 13. A CPU's step
+    # holds the models still in their epoch, a GPU's narrows to the group's widths (6, 3 here).
+    from wsmerge.zoo import _train
+    monkeypatch.setattr(_train, "_NARROWEST", 2)
+    jobs = GROUPING.jobs()
+    images = train_images(jobs, GROUPING.train, mnist)
+    plan = plan_build(GROUPING, jobs, 6, mnist, device)
+    expected: dict[int, int] = {}
+    for group in plan_groups(jobs, 6, images):
+        steps = [math.ceil(images[j] / 16) for j in group]
+        for s in range(max(steps)):
+            live = sum(n > s for n in steps)
+            width = live if device == "cpu" else min(w for w in _widths(len(group), 2) if w >= live)
+            expected[width] = expected.get(width, 0) + width
+    narrowed = {2: 2 * 3} if device == "cpu" else {3: 3 * 3}
+    assert plan.slots_by_width == expected == {6: 6 * 7 + 6 * 10, **narrowed}
+    used = sum(math.ceil(n / 16) for n in images.values())
+    assert plan.idle_share == pytest.approx(1 - used / sum(expected.values()))
+    assert (plan.idle_share == 0) == (device == "cpu") and plan.groups == 2
+    assert plan.model_images == sum(images.values()) * GROUPING.train.last_epoch
+    # 30 validation images a class of its own each epoch; at each bin 30 test images of each
+    # of the ten digits (its own classes', and the others').
+    cfg = GROUPING.train
+    assert plan.eval_images == sum(30 * len(j.classes) * cfg.last_epoch + 10 * 30 * len(cfg.bins) for j in jobs)
+
+
 @pytest.mark.slow
-def test_compiled_step_equals_the_eager_one_as_models_stop(mnist, monkeypatch):
+@pytest.mark.parametrize("narrowest", [256, 2])
+def test_compiled_step_equals_the_eager_one_as_models_stop(mnist, monkeypatch, narrowest):
     # What a GPU build runs: the step and the evaluation forward through torch.compile,
     # activations as ids, and the rows of stopped models refilled so the compiled shapes
     # hold. Compiled here on the CPU (the CPU build itself stays eager); models stop at
@@ -316,6 +365,9 @@ def test_compiled_step_equals_the_eager_one_as_models_stop(mnist, monkeypatch):
 
     from wsmerge.zoo import _train
     monkeypatch.setattr(_train, "_COMPILE_DEVICES", ("cuda", "cpu"))
+    # A group of 6 models of 2, 3 and 4 steps an epoch: at 2 its step narrows to 3 rows once
+    # only the two longer ones step (step_width), a second compiled graph.
+    monkeypatch.setattr(_train, "_NARROWEST", narrowest)
     # Evaluation calls of 4 models × 8 images: the group's 6 rows (fewer as models stop)
     # padded to 8, and splits of 8 to 32 images (12 for three classes) cut into calls and
     # padded, at a size a CPU runs in moments.
@@ -328,9 +380,9 @@ def test_compiled_step_equals_the_eager_one_as_models_stop(mnist, monkeypatch):
     torch._dynamo.reset()
     counters.clear()
     compiled = train_group(jobs, mnist, cfg, compile=True)
-    # One graph for the step, one for every evaluation call: three splits of different
-    # lengths and a group that shrinks compile nothing more.
-    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    # One graph for each step width, one for every evaluation call: three splits of
+    # different lengths and a group that shrinks compile nothing more.
+    assert counters["stats"]["unique_graphs"] == (2 if narrowest > 6 else 3), dict(counters["stats"])
     stopped = [r.stopped_epoch for r in eager]
     assert 2 in stopped and 5 in stopped, stopped  # the refilled rows and the wait were exercised
     for a, b in zip(eager, compiled):

@@ -300,10 +300,15 @@ def conv1_im2col(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> to
     matrix product over the images' 5×5 patches: [N, M·8, 24, 24], as the grouped form gives.
     On a GPU the grouped form runs as a depthwise convolution (one input channel a group),
     whose weight gradient took 43% of a zoo training step on an H200; this form takes its
-    weight gradient as one more batched product."""
+    weight gradient as one more batched product. A patch's 25 values are padded with zeros
+    to 32: rows of 25 bf16 values are not 16-byte aligned, and cuBLAS ran both products with
+    an unaligned kernel that took two thirds of a training step's GPU time on an H100
+    (bench/gpu.py --profile). Padded, the zoo's bf16 step at 1024 models trained 1.12× the
+    model-images an epoch there (bench/gpu.py --levers)."""
     m, n = images.shape[:2]
-    patches = images.unfold(2, 5, 1).unfold(3, 5, 1).reshape(m, n * 576, 25)
-    y = torch.baddbmm(b1.unsqueeze(1), patches, w1.reshape(m, 8, 25).transpose(1, 2))  # [M, N·576, 8]
+    patches = F.pad(images.unfold(2, 5, 1).unfold(3, 5, 1).reshape(m, n * 576, 25), (0, 7))
+    w = F.pad(w1.reshape(m, 8, 25), (0, 7))
+    y = torch.baddbmm(b1.unsqueeze(1), patches, w.transpose(1, 2))  # [M, N·576, 8]
     return y.view(m, n, 24, 24, 8).permute(1, 0, 4, 2, 3).reshape(n, m * 8, 24, 24)
 
 

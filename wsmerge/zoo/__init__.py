@@ -10,7 +10,7 @@ trainer, the planner and the store work where Ray is not installed.
 """
 
 from ._config import PROFILES, Job, TrainConfig, ZooConfig, class_key, parse_class_key, profile
-from ._plan import BuildPlan, plan_build, plan_groups, probe_rate, train_images
+from ._plan import BuildPlan, ProbeRates, plan_build, plan_groups, probe_rates, train_images
 from ._store import MANIFEST, ZooStore, ZooStoreError, export_csv, load, load_init, read_csv, weights_matrix
 from ._train import EarlyStopping, ModelRecord, bin_sources, cyclic_lr, train_group
 
@@ -35,6 +35,7 @@ __all__ = [
     "EarlyStopping",
     "Job",
     "ModelRecord",
+    "ProbeRates",
     "TrainConfig",
     "ZooConfig",
     "ZooStore",
@@ -49,7 +50,7 @@ __all__ = [
     "parse_class_key",
     "plan_build",
     "plan_groups",
-    "probe_rate",
+    "probe_rates",
     "profile",
     "read_csv",
     "train_group",

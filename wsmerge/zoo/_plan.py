@@ -7,6 +7,7 @@ train groups too.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -21,9 +22,9 @@ from wsmerge.data import MNIST
 
 from ._config import Job, TrainConfig, ZooConfig
 from ._store import record_table
-from ._train import ModelRecord, train_group
+from ._train import ModelRecord, step_width, train_group
 
-__all__ = ["BuildPlan", "plan_build", "plan_groups", "probe_rate", "train_images"]
+__all__ = ["BuildPlan", "ProbeRates", "plan_build", "plan_groups", "probe_rates", "train_images"]
 
 
 def train_images(jobs: list[Job], cfg: TrainConfig, data: MNIST) -> dict[Job, int]:
@@ -49,20 +50,47 @@ def plan_groups(jobs: list[Job], models_per_step: int, images: Mapping[Job, int]
     return [members[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def probe_rate(jobs: list[Job], data: MNIST, cfg: TrainConfig, seconds: float = 3.0, compile: bool = False) -> float:
-    """Model-images per second of `train_group` on `jobs` with this recipe on `data`'s
-    device, from one-epoch runs of about 16 steps (the first one, a warm-up that also
-    compiles, not counted), evaluation included."""
+@dataclass(frozen=True)
+class ProbeRates:
+    train: float  # model-images a second trained, a small validation and test included
+    evaluate: float  # model-images a second of the validation and test forwards
+
+
+def _eval_images(classes: tuple[int, ...], per_class: int | None, data: MNIST) -> tuple[int, int]:
+    """Forward images of a model of `classes`: its validation, and its test (its own classes'
+    test images and the others')."""
+    test = len(data.test.indices(classes, per_class)) + len(data.test.others(classes, per_class))
+    return len(data.val.indices(classes, per_class)), test
+
+
+def probe_rates(
+    jobs: list[Job], data: MNIST, cfg: TrainConfig, seconds: float = 3.0, compile: bool = False
+) -> ProbeRates:
+    """Rates of `train_group` on `jobs` with this recipe on `data`'s device, from one-epoch
+    runs of about 16 steps (the first of each kind a warm-up that also compiles, not
+    counted): with 8 evaluation images a class, and with the recipe's evaluation sets, whose
+    extra forward images over the extra time are the evaluation's rate."""
     short = dataclasses.replace(cfg, max_epochs=1, bins=(1,), train_per_class=8 * cfg.batch_size, eval_per_class=8)
-    per_run = sum(train_images(jobs, short, data).values())
-    train_group(jobs, data, short, compile=compile)
-    runs, start = 0, time.perf_counter()
-    while runs < 1 or time.perf_counter() - start < seconds:
-        train_group(jobs, data, short, compile=compile)
-        runs += 1
-    if data.train.images.is_cuda:
-        torch.cuda.synchronize()
-    return per_run * runs / (time.perf_counter() - start)
+    full_eval = dataclasses.replace(short, eval_per_class=cfg.eval_per_class)
+
+    def timed(run_cfg: TrainConfig, budget: float) -> float:
+        train_group(jobs, data, run_cfg, compile=compile)
+        runs, start = 0, time.perf_counter()
+        while runs < 1 or time.perf_counter() - start < budget:
+            train_group(jobs, data, run_cfg, compile=compile)
+            runs += 1
+        if data.train.images.is_cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / runs
+
+    small = timed(short, seconds)
+    whole = timed(full_eval, seconds / 3)
+    extra = sum(sum(_eval_images(j.classes, full_eval.eval_per_class, data))
+                - sum(_eval_images(j.classes, short.eval_per_class, data)) for j in jobs)
+    return ProbeRates(
+        train=sum(train_images(jobs, short, data).values()) / small,
+        evaluate=extra / (whole - small) if extra > 0 and whole > small else math.inf,
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +98,13 @@ class BuildPlan:
     jobs: int
     groups: int
     model_images: int  # every job to its last bin: early stopping only lowers it
+    # Forward only: its validation each epoch and its test (own classes and the others) at each bin.
+    eval_images: int
     idle_share: float  # of the group steps' model slots, those of models past their epoch
     disk_bytes: int
+    # Model slots (rows × steps of an epoch, every group) by the steps' width: a step
+    # narrows as its models pass their epoch (step_width), and a width's cost a slot is its own.
+    slots_by_width: dict[int, int]
 
 
 def _shard_bytes(cfg: TrainConfig) -> int:
@@ -86,18 +119,32 @@ def _shard_bytes(cfg: TrainConfig) -> int:
     return sink.getvalue().size
 
 
-def plan_build(config: ZooConfig, jobs: list[Job], models_per_step: int, data: MNIST) -> BuildPlan:
-    """The work and the disk of training `jobs` of `config` in groups of `models_per_step`."""
+def plan_build(config: ZooConfig, jobs: list[Job], models_per_step: int, data: MNIST, device="cpu") -> BuildPlan:
+    """The work and the disk of training `jobs` of `config` in groups of `models_per_step`
+    on `device`."""
     cfg = config.train
     images = train_images(jobs, cfg, data)
     groups = plan_groups(jobs, models_per_step, images)
-    steps = lambda j: -(-images[j] // cfg.batch_size)  # noqa: E731
-    used = sum(steps(j) for j in jobs)
-    slots = sum(len(g) * max(steps(j) for j in g) for g in groups)
+    exact = torch.device(device).type == "cpu"
+    by_width: dict[int, int] = {}
+    for group in groups:
+        steps = np.array([-(-images[j] // cfg.batch_size) for j in group])
+        live = np.bincount(steps - 1)[::-1].cumsum()[::-1]  # models still stepping at each step
+        for n in live:
+            width = step_width(int(n), len(group), exact)
+            by_width[width] = by_width.get(width, 0) + width
+    used = sum(-(-images[j] // cfg.batch_size) for j in jobs)
+    evaluated = {}
+    for c in {j.classes for j in jobs}:
+        val, test = _eval_images(c, cfg.eval_per_class, data)
+        evaluated[c] = val * cfg.last_epoch + test * len(cfg.bins)
+    slots = sum(by_width.values())
     return BuildPlan(
         jobs=len(jobs),
         groups=len(groups),
         model_images=sum(images.values()) * cfg.last_epoch,
+        eval_images=sum(evaluated[j.classes] for j in jobs),
         idle_share=1 - used / slots if slots else 0.0,
         disk_bytes=_shard_bytes(cfg) * len(jobs),
+        slots_by_width=dict(sorted(by_width.items())),
     )

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from wsmerge.cnn import ACTIVATIONS, batched_forward, forward_chunks, init_weights
-from wsmerge.devices import cudnn_autotuned
+from wsmerge.devices import cudnn_autotuned, to_device
 from wsmerge.data import MNIST, Split
 
 from ._config import Job, TrainConfig
@@ -39,6 +39,15 @@ _EVAL_MODEL_IMAGES = 2**16
 # little (the full zoo's two-class validation, 2,055 images, runs as 2,176; the benchmark's
 # 200 as 256, where a whole split a call would compile a graph per split length).
 _EVAL_IMAGE_STEP = 2**7
+
+# On a GPU a group's step narrows as its models pass their own epoch, to the narrowest of
+# its widths (the group's, halved while at least this many) that holds the models still
+# stepping: each width is a compiled graph (and a cuDNN timing), so there are few. The full
+# zoo's groups of 1,013 models (1024 a step) leave 15% of their step slots idle at their
+# full width, 8% narrowed to 506; groups of 3,039 (4096 a step) 33% and 11% (plan_build).
+# A narrower step gains little: on an H100 a bf16 step of 256 models took about 6 ms and
+# one of 1,024 about 14 (bench/gpu.py).
+_NARROWEST = 256
 
 # Where train_group(compile=True) compiles: a CPU keeps the eager step, whose grouping
 # invariance is tested bit for bit (tests may add "cpu" to check the compiled path).
@@ -156,6 +165,17 @@ def _compiled(fn):
     # three widths (plan_groups' sizes differ by one); the benchmark tries more.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(fn, dynamic=False)
+
+
+def step_width(live: int, width: int, exact: bool) -> int:
+    """The rows of a step of a group `width` models wide when `live` of them have not
+    finished their epoch: `live` if `exact` (a CPU's eager step, where each model costs its
+    own forward), else the narrowest of the group's widths that holds them (_NARROWEST)."""
+    if exact:
+        return live
+    while width // 2 >= max(live, min(width, _NARROWEST)):
+        width //= 2
+    return width
 
 
 def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -317,29 +337,36 @@ def train_group(
             batches = upcoming.to(device)
             step_acts = act_of(torch.tensor(rows, device=device))
             loss_sum = torch.zeros(len(rows), device=device)
+            live_at = (sched.steps > np.arange(n_steps)[:, None]).sum(1)
             for s in range(n_steps):
+                live = int(live_at[s])
+                if s == 0 or live != live_at[s - 1]:
+                    # Models past their own epoch leave the step, which then narrows (see
+                    # step_width); on a GPU the rows left are found once and copied without
+                    # the host waiting, and where fewer rows step than the width, rows
+                    # refilled with copies of the first keep the step's shape (their losses
+                    # dropped, no gradient through them).
+                    part = np.flatnonzero(sched.steps > s) if live < len(rows) else None
+                    part_on = None if part is None else to_device(torch.from_numpy(part), device)
+                    width = step_width(live, len(jobs), exact=device.type == "cpu" and not compiled)
                 idx, seeds, w_in, acts_in = batches[:, s], keys + t[s], w, step_acts
-                part = None
-                if compiled and len(rows) < len(jobs):
-                    # Stopped models' rows refilled (their losses dropped, no gradient through
-                    # them), so the compiled step keeps its shape.
-                    idx, seeds, acts_in, w_in = (_widened(x, len(jobs)) for x in (idx, seeds, acts_in, w))
-                elif not compiled and device.type == "cpu" and s >= sched.steps.min():
-                    # On a CPU, where each model costs its own forward, models past their own
-                    # epoch leave the step (a GPU keeps the shape, and the host never waits).
-                    part = torch.from_numpy(np.flatnonzero(sched.steps > s)).to(device)
-                    idx, seeds, w_in = idx[part], seeds[part], w[part]
-                    acts_in = [step_acts[i] for i in part.tolist()]
+                if part is not None:
+                    idx, seeds, w_in = idx[part_on], seeds[part_on], w[part_on]
+                    acts_in = acts_in[part_on] if compiled else [acts_in[i] for i in part]
+                if width > live:
+                    idx, seeds, w_in = (_widened(x, width) for x in (idx, seeds, w_in))
+                    acts_in = (_widened(acts_in, width) if compiled
+                               else acts_in + acts_in[:1] * (width - live))
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                     per_model = loss_fn(w_in, data.train.images[idx], data.train.labels[idx], acts_in, cfg.dropout, seeds)
-                per_model = per_model[: len(rows)]
+                per_model = per_model[:live]
                 # A sum keeps each model's gradient its own mean-loss gradient.
                 (grad,) = torch.autograd.grad(per_model.sum(), w)
                 _adam_step(w, m, v, grad, neg_step[s], bc2[s], active[s])
                 if part is None:
-                    loss_sum += torch.where(active[s], per_model.detach(), 0.0)
+                    loss_sum += per_model.detach()
                 else:
-                    loss_sum.index_add_(0, part, per_model.detach())
+                    loss_sum.index_add_(0, part_on, per_model.detach())
 
         # Drawn here, a GPU still runs the epoch's queued steps meanwhile (the validation
         # waits for them): 0.14-0.17 s an epoch for 4096 models of 2,000 images on a 2-core
