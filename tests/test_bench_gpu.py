@@ -37,7 +37,8 @@ def test_gpu_bench_quick_runs_every_section():
     for phase in ("steps", "validation", "test", "draw"):
         assert re.search(rf"zoo\.{phase}\s+host\s+[\d.]+ s\s+device\s+[\d.]+ s", out), out
     assert re.search(r"[\d.]+ s\s+\d+x\s+aten::\w+", out), out
-    for label in ("float32", "float32, TF32 matmuls", "bf16 autocast"):
+    assert re.search(r"float32 under the profiler: [\d.]+ s\n    no device: the host operations", out), out
+    for label in ("float32", "float32, TF32 matmuls", "bf16 autocast", "float32, conv1 grouped"):
         assert re.search(rf"{label}\s+[\d,]+ model-images/s \(\s*[\d.]+x\); accuracy moved at most [\d.]+ points, median [\d.]+", out), out
     assert re.search(r"\(zoo_parts: \d+ s\)", out) and re.search(r"\(merge_part: \d+ s\)", out), out
     assert re.search(r"^total \d+ s$", out, re.M), out

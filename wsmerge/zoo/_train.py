@@ -45,8 +45,8 @@ _EVAL_IMAGE_STEP = 2**7
 # stepping: each width is a compiled graph (and a cuDNN timing), so there are few. The full
 # zoo's groups of 1,013 models (1024 a step) leave 15% of their step slots idle at their
 # full width, 8% narrowed to 506; groups of 3,039 (4096 a step) 33% and 11% (plan_build).
-# A narrower step gains little: on an H100 a bf16 step of 256 models took about 6 ms and
-# one of 1,024 about 14 (bench/gpu.py).
+# Narrower than 256 models a step saves little: on an H100 a bf16 step of 256 models took
+# about 6 ms, one of 1,024 about 14 (bench/gpu.py).
 _NARROWEST = 256
 
 # Where train_group(compile=True) compiles: a CPU keeps the eager step, whose grouping
@@ -269,11 +269,11 @@ def train_group(
     compile: bool = False,
 ) -> list[ModelRecord]:
     """Train `jobs` together on `data`'s device; one record each, in their order, the same
-    as each job trained alone. `compile`: on a GPU, the training step (forward and loss,
-    at the group's width whatever models have stopped) and the evaluation forward (in calls
-    of one shape a split) through torch.compile (bf16 on an H200, the step alone: 1.08× the
-    model-images per second at 256 models a step, 1.19× at 1024, after seconds of compiling
-    per group width); the CPU always runs eagerly."""
+    as each job trained alone. `compile`: on a GPU, the training step (forward and loss, at
+    one of the group's few widths whatever models have stopped, see step_width) and the
+    evaluation forward (in calls of one shape a split) through torch.compile (bf16 on an
+    H200, the step alone: 1.08× the model-images per second at 256 models a step, 1.19× at
+    1024, after seconds of compiling per width); the CPU always runs eagerly."""
     # Rows of one activation side by side: each run of them is one activation call.
     order = sorted(range(len(jobs)), key=lambda k: jobs[k].activation)
     jobs = [jobs[k] for k in order]
