@@ -247,6 +247,27 @@ def test_grouping_never_changes_a_model(mnist, alone):
             _assert_same(grouped[job], alone[job])
 
 
+def test_a_step_narrowed_and_refilled_as_on_a_gpu_changes_no_model(mnist, alone, monkeypatch):
+    # A GPU's eager step (--no-compile): narrowed to the group's widths, 12 then 6 then 3
+    # here, and refilled with copies of its first row up to the width, activation names
+    # included. On a CPU each model with a batch of 16 runs its own forward, so the copies
+    # leave every model's bits its own.
+    from wsmerge.zoo import _train
+    monkeypatch.setattr(_train, "_NARROWEST", 2)
+    narrow = _train.step_width
+    widths = set()
+
+    def as_on_a_gpu(live, width, exact):
+        widths.add((live, narrow(live, width, False)))
+        return narrow(live, width, False)
+
+    monkeypatch.setattr(_train, "step_width", as_on_a_gpu)
+    grouped = _train_all(mnist, GROUPING.jobs(), 12)
+    assert {w for _, w in widths} == {12, 6, 3} and any(live < w for live, w in widths), widths
+    for job in GROUPING.jobs():
+        _assert_same(grouped[job], alone[job])
+
+
 def test_killed_build_resumed_with_another_grouping(tmp_path, mnist, alone):
     """Shards written by a build of 4 models a step, killed after two groups; the rest
     trained by a resumed build of 3 a step: the zoo of models trained alone."""
