@@ -1,5 +1,6 @@
 """The zoo builder end to end: the real CLI, two Ray actors, a SIGKILL part-way, a resume."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -144,6 +145,15 @@ def test_cli_help_explains_the_layout_and_the_choices(capsys):
     out = capsys.readouterr().out
     for word in ("manifest.json", "init.parquet", "shards/<job_id>.parquet", "--plan", *ACTIVATIONS, *INITS):
         assert word in out
+
+
+def test_the_cluster_s_bf16_zoo_is_the_full_profile_in_bf16_under_its_own_name():
+    from sweeps.zoo import parse_args, resolve_config
+    cfg = resolve_config(parse_args(["--config", str(Path(__file__).parents[1] / "cluster" / "zoo_full_bf16.yaml")]))
+    full = profile("full")
+    assert (cfg.name, cfg.train.precision, full.train.precision) == ("full_bf16", "bf16", "fp32")
+    assert cfg.replace(name="full", train=full.train) == full
+    assert dataclasses.replace(cfg.train, precision="fp32") == full.train
 
 
 def test_cli_plan_trains_nothing(tmp_path, capsys, mnist):
