@@ -126,14 +126,6 @@ def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: i
     return rates
 
 
-def _conv1_unpadded(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
-    # wsmerge.cnn.conv1_im2col as it was: a patch's 25 values, unpadded.
-    m, n = images.shape[:2]
-    patches = images.unfold(2, 5, 1).unfold(3, 5, 1).reshape(m, n * 576, 25)
-    y = torch.baddbmm(b1.unsqueeze(1), patches, w1.reshape(m, 8, 25).transpose(1, 2))
-    return y.view(m, n, 24, 24, 8).permute(1, 0, 4, 2, 3).reshape(n, m * 8, 24, 24)
-
-
 def _conv1_grouped(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
     # The first convolution on per-model images as cuDNN's grouped convolution (one input
     # channel a group): its weight gradient took 43% of an H200 training step, its forward
@@ -143,25 +135,38 @@ def _conv1_grouped(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> 
 
 
 @contextlib.contextmanager
-def _conv1_as(fn):
-    """wsmerge.cnn's first convolution on per-model images (a GPU's path) computed by `fn`
-    while the block runs (torch.compile's guards see the swap and recompile)."""
-    ours = wsmerge.cnn.conv1_im2col
-    wsmerge.cnn.conv1_im2col = fn
+def _swapped(name: str, value):
+    """wsmerge.cnn's `name` set to `value` while the block runs (torch.compile's guards see
+    the change and recompile): `conv1_im2col`, the first convolution on per-model images (a
+    GPU's path), or `_PATCH`, the values its patches are padded to."""
+    ours = getattr(wsmerge.cnn, name)
+    setattr(wsmerge.cnn, name, value)
     try:
         yield
     finally:
-        wsmerge.cnn.conv1_im2col = ours
+        setattr(wsmerge.cnn, name, ours)
 
 
 def conv1_lever(data, device: str, k: int, per_class: int, padded: ZooRate) -> None:
     """The zoo's bf16 step at k models with the first convolution's patches unpadded (25
     values a row, which cuBLAS multiplies with an unaligned kernel) beside the padded one's
     `padded` rate, measured in this run."""
-    with _conv1_as(_conv1_unpadded):
+    with _swapped("_PATCH", 25):
         plain = zoo_rates(data, device, [("bf16", k, True)], per_class)["bf16", k, True]
     print(f"  bf16 {k:5d} models/step: patches padded to 32 / unpadded = {padded.epoch_rate / plain.epoch_rate:.2f} "
           f"(an epoch's rate)")
+
+
+def _validation(jobs: list[Job], data, device: str, per_class: int | None = None):
+    """The validation forward of `jobs`' models on their validation sets as train_group runs
+    it (compiled on a GPU in calls of one shape, cuDNN autotuned): a function of their
+    weights [K, 2464] that returns their accuracies, and the model-images it runs."""
+    idx, mask = _padded([data.val.indices(j.classes, per_class).cpu() for j in jobs], device)
+    width = len(jobs) if device == "cuda" else None
+    acts = (torch.tensor([ACTIVATIONS.index(j.activation) for j in jobs], device=device) if width
+            else [j.activation for j in jobs])
+    accuracy = cudnn_autotuned(_accuracy)
+    return (lambda weights: accuracy(weights, data.val, idx, mask, acts, width)), int(mask.sum())
 
 
 def eval_rates(data, device: str, widths: list[int]) -> dict[int, float]:
@@ -169,19 +174,15 @@ def eval_rates(data, device: str, widths: list[int]) -> dict[int, float]:
     compiled on a GPU as train_group runs it) of groups of each width on the full validation
     sets of their classes, two-class jobs' as in the full zoo (about 2,000 images each)."""
     rates = {}
-    accuracy = cudnn_autotuned(_accuracy)  # as train_group runs it
     for k in widths:
         jobs = _jobs(k)
         weights = torch.stack([init_weights(j.activation, j.init, j.seed) for j in jobs]).to(device)
-        idx, mask = _padded([data.val.indices(j.classes).cpu() for j in jobs], device)
-        width = k if device == "cuda" else None
-        acts = torch.tensor([ACTIVATIONS.index(j.activation) for j in jobs], device=device) if width else \
-            [j.activation for j in jobs]
-        accuracy(weights, data.val, idx, mask, acts, width)  # compiled by the zoo runs; cuDNN times its algorithms
+        validate, images = _validation(jobs, data, device)
+        validate(weights)  # compiled by the zoo runs; cuDNN times its algorithms
         sync(device)
         start = time.perf_counter()
-        accuracy(weights, data.val, idx, mask, acts, width)
-        rates[k] = int(mask.sum()) / (time.perf_counter() - start)
+        validate(weights)
+        rates[k] = images / (time.perf_counter() - start)
         print(f"  {k:5d} models: {rates[k]:12,.0f} model-images/s")
     return rates
 
@@ -287,24 +288,19 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
     from float32's (on a CPU, eager, bf16 through the CPU's autocast, and no patch products
     to replace)."""
     weights = torch.from_numpy(np.stack([r.checkpoints[1][0] for r in records])).to(device)
-    idx, mask = _padded([data.val.indices(r.job.classes, per_class).cpu() for r in records], device)
-    width = len(records) if device == "cuda" else None  # compiled in calls of one shape, as train_group
-    acts = (torch.tensor([ACTIVATIONS.index(r.job.activation) for r in records], device=device) if width
-            else [r.job.activation for r in records])
-    images = int(mask.sum())
-    accuracy = cudnn_autotuned(_accuracy)  # as train_group runs it
+    validate, images = _validation([r.job for r in records], data, device, per_class)
     before, base, base_rate = torch.backends.cuda.matmul.allow_tf32, None, None
     try:
         for label, tf32, bf16, conv1 in (("float32", False, False, None), ("float32, TF32 matmuls", True, False, None),
                                          ("bf16 autocast", False, True, None),
                                          ("float32, conv1 grouped", False, False, _conv1_grouped)):
             torch.backends.cuda.matmul.allow_tf32 = tf32
-            swap = _conv1_as(conv1) if conv1 else contextlib.nullcontext()
+            swap = _swapped("conv1_im2col", conv1) if conv1 else contextlib.nullcontext()
             with swap, torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                accuracy(weights, data.val, idx, mask, acts, width)  # compiles
+                validate(weights)  # compiles
                 sync(device)
                 start = time.perf_counter()
-                acc = np.array(accuracy(weights, data.val, idx, mask, acts, width))
+                acc = np.array(validate(weights))
                 seconds = time.perf_counter() - start
             if base is None:
                 base, base_rate = acc, images / seconds
@@ -313,7 +309,7 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
                   f"accuracy moved at most "
                   f"{moved.max():.2f} points, median {np.median(moved):.2f}", flush=True)
             if label == "float32":  # the evaluation train_group runs: where its time goes
-                _, wall, events = _profiled(device, lambda: accuracy(weights, data.val, idx, mask, acts, width))
+                _, wall, events = _profiled(device, lambda: validate(weights))
                 print(f"    float32 under the profiler: {wall:.2f} s")
                 _print_longest(events, wall, 8)
     finally:

@@ -138,6 +138,16 @@ def test_activation_ids_equal_activation_names():
         batched_forward(torch.zeros(3, N_PARAMS), torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
 
 
+def test_conv1_s_patch_products_have_16_byte_aligned_rows_in_bf16(monkeypatch):
+    # cuBLAS falls back to an unaligned kernel when a bf16 row is not a multiple of 8 values
+    # (25 was; on an H100 that kernel took two thirds of a zoo step).
+    shapes = []
+    baddbmm = torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda b, x, w: shapes.append((x.shape, w.shape)) or baddbmm(b, x, w))
+    conv1_im2col(torch.rand(3, 2, 28, 28), torch.randn(3, 8, 1, 5, 5), torch.randn(3, 8))
+    assert shapes == [((3, 2 * 576, 32), (3, 32, 8))]
+
+
 def test_conv1_as_patch_products_equals_the_convolution():
     # The GPU path of the first layer (per-model images): every model's own conv2d, in float64.
     torch.manual_seed(2)

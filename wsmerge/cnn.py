@@ -295,6 +295,10 @@ def _grouped_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Te
     return (y.view(len(y), m, cout, *y.shape[2:]) + b.view(1, m, cout, 1, 1)).view(y.shape)
 
 
+# Values a 5×5 patch of `conv1_im2col` is padded to with zeros (see there).
+_PATCH = 32
+
+
 def conv1_im2col(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
     """The first convolution of M models on their own images [M, N, 28, 28], as one batched
     matrix product over the images' 5×5 patches: [N, M·8, 24, 24], as the grouped form gives.
@@ -306,8 +310,8 @@ def conv1_im2col(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> to
     (bench/gpu.py --profile). Padded, the zoo's bf16 step at 1024 models trained 1.12× the
     model-images an epoch there (bench/gpu.py --levers)."""
     m, n = images.shape[:2]
-    patches = F.pad(images.unfold(2, 5, 1).unfold(3, 5, 1).reshape(m, n * 576, 25), (0, 7))
-    w = F.pad(w1.reshape(m, 8, 25), (0, 7))
+    patches = F.pad(images.unfold(2, 5, 1).unfold(3, 5, 1).reshape(m, n * 576, 25), (0, _PATCH - 25))
+    w = F.pad(w1.reshape(m, 8, 25), (0, _PATCH - 25))
     y = torch.baddbmm(b1.unsqueeze(1), patches, w.transpose(1, 2))  # [M, N·576, 8]
     return y.view(m, n, 24, 24, 8).permute(1, 0, 4, 2, 3).reshape(n, m * 8, 24, 24)
 

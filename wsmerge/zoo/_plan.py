@@ -22,7 +22,7 @@ from wsmerge.data import MNIST
 
 from ._config import Job, TrainConfig, ZooConfig
 from ._store import record_table
-from ._train import ModelRecord, step_width, train_group
+from ._train import ModelRecord, live_counts, step_width, train_group
 
 __all__ = ["BuildPlan", "ProbeRates", "plan_build", "plan_groups", "probe_rates", "train_images"]
 
@@ -127,13 +127,13 @@ def plan_build(config: ZooConfig, jobs: list[Job], models_per_step: int, data: M
     groups = plan_groups(jobs, models_per_step, images)
     exact = torch.device(device).type == "cpu"
     by_width: dict[int, int] = {}
+    used = 0
     for group in groups:
         steps = np.array([-(-images[j] // cfg.batch_size) for j in group])
-        live = np.bincount(steps - 1)[::-1].cumsum()[::-1]  # models still stepping at each step
-        for n in live:
+        used += int(steps.sum())
+        for n in live_counts(steps):
             width = step_width(int(n), len(group), exact)
             by_width[width] = by_width.get(width, 0) + width
-    used = sum(-(-images[j] // cfg.batch_size) for j in jobs)
     evaluated = {}
     for c in {j.classes for j in jobs}:
         val, test = _eval_images(c, cfg.eval_per_class, data)

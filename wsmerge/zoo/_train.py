@@ -167,6 +167,11 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
+def live_counts(steps: np.ndarray) -> np.ndarray:
+    """The models still in their epoch at each step of a group's epoch, from each model's steps."""
+    return np.bincount(steps - 1)[::-1].cumsum()[::-1]
+
+
 def step_width(live: int, width: int, exact: bool) -> int:
     """The rows of a step of a group `width` models wide when `live` of them have not
     finished their epoch: `live` if `exact` (a CPU's eager step, where each model costs its
@@ -337,7 +342,7 @@ def train_group(
             batches = upcoming.to(device)
             step_acts = act_of(torch.tensor(rows, device=device))
             loss_sum = torch.zeros(len(rows), device=device)
-            live_at = (sched.steps > np.arange(n_steps)[:, None]).sum(1)
+            live_at = live_counts(sched.steps)
             for s in range(n_steps):
                 live = int(live_at[s])
                 if s == 0 or live != live_at[s - 1]:
