@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from merge_throughput import MergeStep, host_waits, mix_rates, sync
+from merge_throughput import MergeStep, host_ops, host_waits, mix_rates, sync
 from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
@@ -385,6 +385,7 @@ def merge_rates(
         step = MergeStep(name, batch, device, images, plain=kind == "plain", compiled=kind == "compiled")
         rates = measure(step, measured, rounds, 2 if device == "cuda" else 1)
         waits = {label: host_waits(step, mixes[label]) for label in mixes}
+        ops = {label: host_ops(step, mixes[label]) for label in mixes}
         del step
         for label, r in rates.items():
             memory = f"  peak {r.peak_gib:6.2f} GiB" if device == "cuda" else ""
@@ -393,6 +394,8 @@ def merge_rates(
         if device == "cuda":
             print(f"    batch {batch:5d} {kind:9s} the host waits for the GPU {waits['mse only']} times in an mse-only "
                   f"step, {waits['paper mix']} in a paper-mix step")
+        print(f"    batch {batch:5d} {kind:9s} the host dispatches {ops['mse only']} operations in an mse-only step, "
+              f"{ops['paper mix']} in a paper-mix step ({ops['paper mix'] / ops['mse only']:.2f}x)")
         achieved = per_sample * rates["mse only"].rate
         print(f"    batch {batch:5d} {kind:9s} paper mix costs {rates['paper mix'].cost:.2f}x mse alone (median of "
               f"{rounds} alternating rounds); mse-only step {achieved / 1e12:.2f} TFLOP/s, "

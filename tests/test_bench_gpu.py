@@ -52,6 +52,8 @@ def test_gpu_bench_quick_runs_every_section():
         for mix in mixes:
             assert re.search(rf"batch\s+{batch} {kind}\s+{re.escape(mix)}\s+[\d.]+ samples/s\s+[\d.]+x mse's step",
                              out), out
+        assert re.search(rf"batch\s+{batch} {kind}\s+the host dispatches \d+ operations in an mse-only step, \d+ in a "
+                         rf"paper-mix step \([\d.]+x\)", out), out
         assert re.search(rf"batch\s+{batch} {kind}\s+paper mix costs [\d.]+x mse alone \(median of 2 alternating "
                          rf"rounds\); mse-only step [\d.]+ TFLOP/s, [\d.]+% of the measured matmul rate", out), out
     probe = subprocess.run(

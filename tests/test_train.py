@@ -1,9 +1,11 @@
 """The merge-model recipe end to end on a tiny zoo: it learns, reports every metric next to
 the baselines, and a run killed part-way resumes bit-for-bit."""
 
+import dataclasses
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ import torch
 
 from sweeps.train_one import main as train_one
 from runs import Crash, crash_after, same, strip_time, tiny_run
-from wsmerge.train import BEST, CHECKPOINT, disk_bytes, train
+from wsmerge.train import BEST, CHECKPOINT, disk_bytes, read_zoo, train
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +26,9 @@ def test_training_lowers_the_loss_and_reports_every_metric(tiny_zoo, tmp_path):
     cfg = tiny_run(tiny_zoo, tmp_path / "run", evaluation=every_merge)
     result = train(cfg, report=seen.append)
     assert [m["epoch"] for m in seen] == [1, 2, 3]
-    assert seen[-1]["train/loss"] < seen[0]["train/loss"]
+    # The structural term: the behavioral one is a 16-image estimate a pair, which moves by
+    # a third between epochs of two steps.
+    assert seen[-1]["train/mse"] < seen[1]["train/mse"] < seen[0]["train/mse"]
     assert {"train/mse", "train/behavioral"} <= set(seen[0])  # every term, unweighted
     m = seen[-1]
     # Validation scores every merge but distillation, which needs a fine-tuning budget.
@@ -85,8 +89,9 @@ def test_resume_continues_bit_for_bit(tiny_zoo, tmp_path):
 
 
 def test_an_epoch_reads_its_losses_off_the_device_once_and_reports_each_step_s_mean(tiny_zoo, tmp_path, monkeypatch):
-    # Each reading of a value on the device waits for a GPU's queue: the epoch's means
-    # are read once at its end, whatever its steps, and equal the sums of each step's
+    # Each reading of a value on the device waits for a GPU's queue: the epoch's means and
+    # the generated CNNs' finiteness are read once at its end, whatever its steps (no
+    # step reads, not even mix_loss's check), and the means equal the sums of each step's
     # value read apart (Python floats), weighted by its pairs.
     import wsmerge.train as train_mod
 
@@ -94,9 +99,10 @@ def test_an_epoch_reads_its_losses_off_the_device_once_and_reports_each_step_s_m
     step, epoch, item = train_mod._train_step, train_mod._train_epoch, torch.Tensor.item
 
     def recorded_step(*args):
-        loss, terms = step(*args)
+        loss, terms, finite = step(*args)
         steps.append((len(args[3][0]), item(loss), {k: item(v.mean()) for k, v in terms.items()}))
-        return loss, terms
+        assert item(finite) is True
+        return loss, terms, finite
 
     def counted_epoch(*args):
         in_epoch.append(True)
@@ -105,17 +111,21 @@ def test_an_epoch_reads_its_losses_off_the_device_once_and_reports_each_step_s_m
         finally:
             in_epoch.pop()
 
-    def counted_item(t):
-        # wsmerge's own readings (CPU AdamW reads its step counts; fused on a GPU, it does not).
-        caller = sys._getframe(1).f_code.co_filename
-        if in_epoch and os.sep + "wsmerge" + os.sep in caller:
-            reads.append(caller)
-        return item(t)
+    def counted(reading):
+        def read(t, *args):
+            # wsmerge's own readings (CPU AdamW reads its step counts; fused on a GPU, it does not).
+            caller = sys._getframe(1).f_code.co_filename
+            if in_epoch and os.sep + "wsmerge" + os.sep in caller:
+                reads.append((sys._getframe(1).f_code.co_name, reading.__name__))
+            return reading(t, *args)
+
+        return read
 
     monkeypatch.setattr(train_mod, "_train_step", recorded_step)
     monkeypatch.setattr(train_mod, "_train_epoch", counted_epoch)
     monkeypatch.setattr(train_mod, "_POSTFIX_SECONDS", float("inf"))
-    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
     seen = []
     # Batches of 4 of one activation: 4 steps an epoch (6 relu and 6 tanh triples), the
     # last of each activation 2 pairs.
@@ -128,7 +138,36 @@ def test_an_epoch_reads_its_losses_off_the_device_once_and_reports_each_step_s_m
         expected[f"train/{k}"] = sum(terms[k] * n for n, _, terms in steps) / n_pairs
         expected[f"train/scaled/{k}"] = sum(terms[k] / scales[k] * n for n, _, terms in steps) / n_pairs
     assert {k: seen[0][k] for k in expected} == expected
-    assert len(reads) == len(expected)  # one reading a mean, none a step
+    # One reading an epoch, none a step; the batches' rows are drawn on the host, and read there.
+    assert [r for r in reads if r[0] not in ("_batches", "_train_batches")] == [("read", "tolist")]
+
+
+def test_query_images_are_uniform_draws_from_each_pair_s_own_target_classes():
+    from scipy import stats
+
+    from wsmerge.data import load_mnist
+    from wsmerge.train import _QueryPools, _query_images
+
+    mnist = load_mnist()
+    targets = [(0, 1), (2,), (3, 4, 5)]
+    pools = _QueryPools({t: mnist.train.indices(t) for t in targets})
+    # A pool of three, to count each member's draws against a uniform distribution.
+    small = _QueryPools({(2,): mnist.train.indices([2])[:3], (0, 1): mnist.train.indices([0, 1])})
+    batch = [targets[i % 3] for i in range(500)]
+    data = SimpleNamespace(mnist=mnist, pools=pools)
+    images = _query_images(data, batch, 8, torch.Generator().manual_seed(0))
+    assert images.shape == (500, 8, 1, 28, 28)
+    # Each image is one of its pair's target classes: find it in the training set.
+    flat = mnist.train.images.reshape(len(mnist.train.images), -1)
+    for pair in (0, 1, 2, 499):
+        for image in images[pair]:
+            found = (flat == image.reshape(-1)).all(dim=1).nonzero().reshape(-1)
+            assert set(mnist.train.labels[found].tolist()) <= set(batch[pair])
+    drawn = small.draw([(2,), (0, 1)] * 600, 5, torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, small.draw([(2,), (0, 1)] * 600, 5, torch.Generator().manual_seed(1)))
+    counts = [(drawn[0::2] == i).sum().item() for i in mnist.train.indices([2])[:3].tolist()]
+    assert sum(counts) == 3000 and stats.chisquare(counts).pvalue > 1e-3
+    assert set(drawn[1::2].reshape(-1).tolist()) <= set(mnist.train.indices([0, 1]).tolist())
 
 
 def test_cudnn_times_its_algorithms_while_a_run_trains_and_the_flag_is_restored(tiny_zoo, tmp_path, monkeypatch):
@@ -167,6 +206,43 @@ def test_bad_runs_fail_before_training(tiny_zoo, tmp_path):
     torch.save({"model": {}}, ck)
     with pytest.raises(ValueError, match="not a wsmerge training checkpoint"):
         train(tiny_run(tiny_zoo, tmp_path / "run"), resume=True)
+
+
+def test_a_zoo_checkpoint_with_non_finite_weights_fails_before_training_naming_it(tiny_zoo, tmp_path):
+    tables = read_zoo(tiny_zoo)
+    cfg = tiny_run(tiny_zoo, tmp_path / "run")
+    used = tables.checkpoints.index[tables.checkpoints["epoch_bin"] == 2][0]  # the pairs' epoch bin
+    checkpoints = tables.checkpoints.copy()
+    bad = checkpoints.at[used, "weights"].copy()
+    bad[5] = float("nan")
+    checkpoints.at[used, "weights"] = bad
+    named = f"{checkpoints.at[used, 'job_id']} at epoch {checkpoints.at[used, 'epoch']}"
+    with pytest.raises(ValueError, match=rf"1 checkpoint\(s\) the pairs use hold non-finite weights \({named}\)"):
+        train(cfg, zoo=dataclasses.replace(tables, checkpoints=checkpoints))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_stops_at_the_epoch_s_end_and_keeps_the_last_finite_checkpoint(tiny_zoo, tmp_path, monkeypatch):
+    # No step reads whether the generated CNNs are finite; the epoch counts the steps that
+    # were not, and says so before anything of the epoch is saved.
+    import wsmerge.train as train_mod
+
+    merge, calls = train_mod._merge, []
+
+    def diverging(*args, **kw):
+        pred, total, terms = merge(*args, **kw)
+        if kw.get("check_finite") is False:  # a training step
+            calls.append(None)
+            if len(calls) in (3, 4):  # both steps of the second epoch
+                pred = pred * float("nan")
+        return pred, total, terms
+
+    monkeypatch.setattr(train_mod, "_merge", diverging)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"epoch 2: the model generated non-finite weights \(NaN or inf\) in 2 step"):
+        train(tiny_run(tiny_zoo, out, batch_size=8))
+    assert len(calls) == 4  # batches of one activation: 6 relu and 6 tanh triples, two steps an epoch
+    assert torch.load(out / CHECKPOINT, weights_only=True)["epoch"] == 1
 
 
 @pytest.mark.parametrize(

@@ -83,8 +83,8 @@ def test_scales_are_the_mean_of_the_first_batches(tiny_zoo, tmp_path, monkeypatc
     seen = []
     real = T.mix_loss
 
-    def spy(pred, target, mix, ctx=None, scales=None):
-        total, terms = real(pred, target, mix, ctx, scales)
+    def spy(pred, target, mix, ctx=None, scales=None, **kw):
+        total, terms = real(pred, target, mix, ctx, scales, **kw)
         if scales is None:
             seen.append({k: v.detach().clone() for k, v in terms.items()})
         return total, terms

@@ -10,6 +10,7 @@ and the flat vectors of all models line up position by position.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import zlib
@@ -99,29 +100,49 @@ HIDDEN_SIZES: tuple[int, ...] = tuple(dict(LAYER_SHAPES)[producers[0]][0] for pr
 def permute_units(weights: torch.Tensor, perms: Sequence[torch.Tensor]) -> torch.Tensor:
     """[B, 2464] CNNs with their hidden units reordered: perms[k] [B, HIDDEN_SIZES[k]] (or
     [HIDDEN_SIZES[k]] for every row) says, for hidden layer k, which old unit each new unit
-    is. The function computed is unchanged. The index is built and applied on the weights'
-    device (built on the host, it is [B, 2464] integers to copy over every call)."""
+    is. The function computed is unchanged.
+
+    One gather on the weights' device, with an index made in a handful of operations from
+    `_unit_tables`: a step's host work on a GPU is an operation's dispatch, and the
+    contrastive loss permutes two batches every step (built layer by layer, the index took
+    about 50 operations)."""
     if weights.dim() != 2 or weights.shape[1] != N_PARAMS:
         raise ValueError(f"weights must be [B, {N_PARAMS}], got {tuple(weights.shape)}")
     if len(perms) != len(HIDDEN_UNITS):
         raise ValueError(f"one permutation per hidden layer ({len(HIDDEN_UNITS)}), got {len(perms)}")
     b, device = weights.shape[0], weights.device
-    # Where each output position takes its value from: the permutations applied to positions.
-    idx = {k: v.expand(b, *v.shape) for k, v in unflatten(torch.arange(N_PARAMS, device=device)).items()}
-    for (producers, consumer, unit), n, perm in zip(HIDDEN_UNITS, HIDDEN_SIZES, perms, strict=True):
-        perm = to_device(perm.long(), device).expand(b, n)
-        for name in producers:
-            idx[name] = _take(idx[name], 1, perm)
-        columns = perm[:, :, None] * unit + torch.arange(unit, device=device)
-        idx[consumer] = _take(idx[consumer], 2, columns.reshape(b, -1))
-    return weights.gather(1, torch.cat([t.reshape(b, -1) for t in idx.values()], dim=1))
+    # Every layer's permutations side by side, and a column of zeros for the positions no
+    # permutation moves; made where the permutations are, copied to the weights' device once.
+    where = perms[0].device if all(p.device == perms[0].device for p in perms) else device
+    units = torch.cat([to_device(p, where).long().expand(b, n) for p, n in zip(perms, HIDDEN_SIZES)]
+                      + [torch.zeros(b, 1, dtype=torch.long, device=where)], dim=1)
+    base, columns, strides = _unit_tables(device)
+    moved = to_device(units, device).gather(1, columns.expand(b, -1)).view(b, 2, N_PARAMS)
+    return weights.gather(1, base + (moved * strides).sum(dim=1))
 
 
-def _take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    """t [B, ...] indexed along `dim` by a per-row index [B, n]."""
-    shape = [t.shape[0]] + [1] * (t.dim() - 1)
-    shape[dim] = index.shape[1]
-    return t.gather(dim, index.view(shape).expand(*t.shape[:dim], index.shape[1], *t.shape[dim + 1:]))
+@functools.cache
+def _unit_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each position of the flat vector, where its value comes from under permutations
+    `units` (`permute_units`'s table: the layers' permutations side by side, then a zero):
+    base + units[c_out]·s_out + units[c_in]·s_in, with c_out the column of the hidden unit
+    the position belongs to as an output (a producer's row) and c_in as an input (a
+    consumer's columns), s their strides in the flat vector; the zero column with stride 0
+    where a position is no hidden unit's. Returns (base [N], [c_out | c_in] [2N], [2, N] strides)."""
+    shapes = dict(LAYER_SHAPES)
+    base = torch.arange(N_PARAMS)
+    columns = torch.full((2, N_PARAMS), sum(HIDDEN_SIZES))
+    strides = torch.zeros(2, N_PARAMS, dtype=torch.long)
+    offsets = itertools.accumulate(HIDDEN_SIZES, initial=0)
+    for (producers, consumer, unit), offset in zip(HIDDEN_UNITS, offsets):
+        for side, name, dim, size in [(0, n, 0, 1) for n in producers] + [(1, consumer, 1, unit)]:
+            shape, where = shapes[name], _SLICES[name]
+            step = size * math.prod(shape[dim + 1:])  # positions between one unit and the next
+            which = torch.arange(math.prod(shape)).div(step, rounding_mode="floor") % (shape[dim] // size)
+            columns[side, where] = offset + which
+            strides[side, where] = step
+            base[where] -= which * step
+    return base.to(device), columns.reshape(-1).to(device), strides.to(device)
 
 
 def check_activation(name: str) -> str:

@@ -234,15 +234,32 @@ class _Augment:
         return permute_units(weights, [p[rows, copy] for p in self.perms])
 
 
+class _QueryPools:
+    """The training images of each target class set, where a batch's query images are drawn:
+    on the host (looking a pair's draws up on a GPU would make the host wait, every pair),
+    in one table padded to the largest pool, so that a batch's draws are a few operations
+    whatever its size (a draw a pair took two, 128 of a paper-mix step's 1,740 at batch 64)."""
+
+    def __init__(self, pools: dict[tuple[int, ...], torch.Tensor]):
+        self.row = {t: i for i, t in enumerate(pools)}
+        self.size = torch.tensor([len(p) for p in pools.values()])
+        self.table = torch.nn.utils.rnn.pad_sequence(list(pools.values()), batch_first=True)
+
+    def draw(self, targets: list[tuple[int, ...]], n: int, gen: torch.Generator) -> torch.Tensor:
+        """[B, n] image indices, uniform with replacement over each target's pool: 62-bit
+        draws modulo the pool's size (whose bias, below 2⁻⁴⁸, no run can see)."""
+        rows = torch.tensor([self.row[t] for t in targets])
+        picks = torch.randint(2**62, (len(rows), n), generator=gen) % self.size[rows, None]
+        return self.table[rows[:, None], picks]
+
+
 @dataclass
 class _Data:
     pairs: Pairs
     weights: torch.Tensor  # the zoo's [R, 2464] on the device
     init: dict[str, torch.Tensor]  # split -> shared epoch-0 weights of each pair
     mnist: MNIST
-    # Image pool of each target class set, for query images; on the host, where they are
-    # drawn (on a GPU, looking up a pair's draws there would make the host wait, every pair).
-    pools: dict[tuple[int, ...], torch.Tensor]
+    pools: _QueryPools
     # The CNNs as the model reads and writes them: `weights` in canonical order
     # (RunConfig.align), or `weights` itself. The baselines always see `weights`.
     inputs: torch.Tensor
@@ -288,12 +305,20 @@ def _load_data(cfg: RunConfig, device: torch.device, tables: ZooTables | None) -
         raise ValueError(f"the zoo handed to train was read from {tables.path}, but the config's zoo is {cfg.zoo}")
     zoo = tables.checkpoints
     pairs = make_pairs(zoo, cfg.pairs)
-    weights = torch.from_numpy(weights_matrix(zoo)).to(device)
+    matrix = weights_matrix(zoo)
+    # Checked once here, so that a training step need not read it off the device.
+    used = _used_rows(pairs)
+    bad = used[~np.isfinite(matrix[used]).all(axis=1)]
+    if len(bad):
+        named = ", ".join(f"{j} at epoch {e}" for j, e in zoo.iloc[bad[:5]][["job_id", "epoch"]].values)
+        raise ValueError(f"{cfg.zoo}: {len(bad)} checkpoint(s) the pairs use hold non-finite weights ({named}"
+                         f"{', …' if len(bad) > 5 else ''})")
+    weights = torch.from_numpy(matrix).to(device)
     init_df = tables.init
     init = {s: pairs.init_weights(s, init_df).to(device) for s in ("train", "val", "test")}
     mnist = load_mnist().to(device)
     targets = sorted({t for s in ("train", "val", "test") for t in pairs[s]["c3"]})
-    pools = {t: mnist.train.indices(t).cpu() for t in targets}
+    pools = _QueryPools({t: mnist.train.indices(t).cpu() for t in targets})
     inputs, order = weights, None
     if cfg.align != "none":
         order = _canonical_order(cfg.align, pairs, weights.cpu(), zoo["activation"].to_numpy())
@@ -305,13 +330,18 @@ def _load_data(cfg: RunConfig, device: torch.device, tables: ZooTables | None) -
     return _Data(pairs, weights, init, mnist, pools, inputs, order, augment)
 
 
+def _used_rows(pairs: Pairs) -> np.ndarray:
+    """The zoo rows some pair of some split uses, sorted."""
+    return np.unique(np.concatenate([np.concatenate(pairs.indices(s)) for s in SPLITS]))
+
+
 def _canonical_order(
     method: str, pairs: Pairs, weights: torch.Tensor, activations: np.ndarray
 ) -> list[torch.Tensor]:
     """Per hidden layer [R, n_k]: the unit order (wsmerge.align) of each zoo row that a pair
     uses, the identity elsewhere. "match" matches each activation's CNNs onto its training
     CNN (any role) whose sorted vector is nearest the mean of its sorted training CNNs."""
-    used = np.unique(np.concatenate([np.concatenate(pairs.indices(s)) for s in SPLITS]))
+    used = _used_rows(pairs)
     train = np.unique(np.concatenate(pairs.indices("train")))
     order = [torch.arange(n).repeat(len(weights), 1) for n in HIDDEN_SIZES]
     for act in sorted(set(activations[used])):
@@ -346,11 +376,8 @@ def _batches(acts: list[str], batch_size: int, gen: torch.Generator) -> list[tor
 
 def _query_images(data: _Data, targets: list[tuple[int, ...]], n: int, gen: torch.Generator) -> torch.Tensor:
     """[B, n, 1, 28, 28]: for each pair, n training images of its target's classes."""
-    idx = []
-    for t in targets:
-        pool = data.pools[t]
-        idx.append(pool[torch.randint(len(pool), (n,), generator=gen)])
-    return data.mnist.train.images[to_device(torch.stack(idx), data.mnist.train.images.device)]
+    images = data.mnist.train.images
+    return images[to_device(data.pools.draw(targets, n, gen), images.device)]
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -360,9 +387,11 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=cuda or None)
 
 
-def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data: _Data, gen, device, scales=None):
+def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data: _Data, gen, device, scales=None,
+           check_finite=True):
     """The model's output for one batch and the loss mix on it: (generated, total, terms).
-    Every random draw (query images, permutations, the losses' probes) comes from `gen`."""
+    Every random draw (query images, permutations, the losses' probes) comes from `gen`.
+    check_finite: mix_loss's (False: the caller checks the generated CNNs)."""
     needs = required_context(cfg.losses)
     images = _query_images(data, targets, cfg.query_images, gen) if "images" in needs else None
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16"):
@@ -383,7 +412,7 @@ def _merge(cfg: RunConfig, model: TransformerAE, w1, w2, w3, act, targets, data:
         options=cfg.loss_options,
     )
     pred = out.weights.float()
-    total, terms = mix_loss(pred, w3, cfg.losses, ctx, scales)
+    total, terms = mix_loss(pred, w3, cfg.losses, ctx, scales, check_finite=check_finite)
     return pred, total, terms
 
 
@@ -456,16 +485,17 @@ def _loss_scales(cfg, model, data, device) -> dict[str, float]:
 
 
 def _train_step(cfg, model, opt, batch, data, gen, device, scales) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step on `batch` (a `_train_batches` item): the mean loss and each
-    term's per-sample values, left on the device (reading them waits for the GPU)."""
+    """One optimizer step on `batch` (a `_train_batches` item): the mean loss, each term's
+    per-sample values and whether the generated CNNs were finite, left on the device
+    (reading them waits for the GPU)."""
     _, w1, w2, w3, act, targets = batch
-    _, total, terms = _merge(cfg, model, w1, w2, w3, act, targets, data, gen, device, scales)
+    pred, total, terms = _merge(cfg, model, w1, w2, w3, act, targets, data, gen, device, scales, check_finite=False)
     loss = total.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    return loss, terms
+    return loss, terms, torch.isfinite(pred).all()
 
 
 # Seconds between the progress bar's loss readings: each waits for the GPU's queue to drain,
@@ -473,19 +503,33 @@ def _train_step(cfg, model, opt, batch, data, gen, device, scales) -> tuple[torc
 _POSTFIX_SECONDS = 1.0
 
 
-def _train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales) -> dict[str, float]:
+def _train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales, epoch) -> dict[str, float]:
     model.train()
-    # float64 on the device, the same sums as Python's floats of each step's values.
+    # float64 on the device, the same sums as Python's floats of each step's values, and
+    # beside them the count of steps whose generated CNNs were not finite.
     sums: dict[str, torch.Tensor] = {}
     count, shown = 0, time.monotonic()
 
     def add(key: str, value: torch.Tensor, n: int, scale: float = 1.0) -> None:
         sums[key] = sums.get(key, 0.0) + value.detach().double() / scale * n
 
+    def read() -> dict[str, float]:
+        """The sums, in one reading; a diverged model stops the run before its epoch is
+        saved, so a resume starts from the last finite one."""
+        values = dict(zip(sums, torch.stack(list(sums.values())).tolist()))
+        diverged = values.pop("diverged")
+        if diverged:
+            raise ValueError(
+                f"epoch {epoch}: the model generated non-finite weights (NaN or inf) in {diverged:.0f} "
+                f"step(s): training diverged; a lower lr or grad_clip may keep it finite"
+            )
+        return values
+
     for batch in _train_batches(cfg, data, gen, device):
-        loss, terms = _train_step(cfg, model, opt, batch, data, gen, device, scales)
+        loss, terms, finite = _train_step(cfg, model, opt, batch, data, gen, device, scales)
         sched.step()
         n = len(batch[0])
+        add("diverged", ~finite, 1)
         add("loss", loss, n)
         for k, v in terms.items():
             mean = v.mean()
@@ -494,9 +538,9 @@ def _train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales) -> dict
         count += n
         bar.update(n)
         if time.monotonic() - shown >= _POSTFIX_SECONDS:
-            bar.set_postfix(loss=f"{sums['loss'].item() / count:.4g}")
+            bar.set_postfix(loss=f"{read()['loss'] / count:.4g}")
             shown = time.monotonic()
-    means = {f"train/{k}": v.item() / count for k, v in sums.items()}
+    means = {f"train/{k}": v / count for k, v in read().items()}
     bar.set_postfix(loss=f"{means['train/loss']:.4g}")
     return means
 
@@ -727,7 +771,7 @@ def train(
             if _stopped_early(cfg, history, best_epoch):
                 break
             t0 = time.perf_counter()
-            metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales)}
+            metrics = {"epoch": epoch, **_train_epoch(cfg, model, opt, sched, data, gen, device, bar, scales, epoch)}
             metrics["train/seconds"] = time.perf_counter() - t0
             metrics["train/lr"] = opt.param_groups[0]["lr"]
             _, val, _ = _isolated(

@@ -54,7 +54,7 @@ def required_context(mix: Mapping[str, float]) -> set[str]:
     return set().union(*(LOSSES[n].needs for n, w in validate_mix(mix).items() if w > 0))
 
 
-def _check_weights(pred: torch.Tensor, target: torch.Tensor) -> None:
+def _check_weights(pred: torch.Tensor, target: torch.Tensor, finite: bool) -> None:
     for what, t in (("pred", pred), ("target", target)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != N_PARAMS or t.shape[0] == 0:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -62,7 +62,7 @@ def _check_weights(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     # One reading for both (on a GPU each waits for the queued kernels); which one, on failure.
-    if not (torch.isfinite(pred).all() & torch.isfinite(target).all()):
+    if finite and not (torch.isfinite(pred).all() & torch.isfinite(target).all()):
         raise ValueError(f"{'pred' if not torch.isfinite(pred).all() else 'target'} holds non-finite values")
 
 
@@ -72,6 +72,7 @@ def mix_loss(
     mix: Mapping[str, float],
     ctx: LossContext | None = None,
     scales: Mapping[str, float] | None = None,
+    check_finite: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total [B], {name: unweighted term [B]}) for the terms of `mix` with non-zero weight.
 
@@ -80,11 +81,14 @@ def mix_loss(
     on probabilities and ≈ 9 on logits) on a common one before they are weighed, as the
     behavioral paper's code does; without it the terms are weighed raw.
     Everything is checked (mix, options, scales, shapes, finiteness, each term's context)
-    before any term is computed, so a bad call fails fast and names the culprit."""
+    before any term is computed, so a bad call fails fast and names the culprit.
+    check_finite=False leaves pred's and target's finiteness to the caller: reading it makes
+    the host wait for a GPU's queue, which a training step need not do (wsmerge.train reads
+    it with the epoch's loss sums)."""
     ctx = ctx or LossContext()
     weights = {n: w for n, w in validate_mix(mix, ctx.options).items() if w > 0}
     scales = _check_scales(scales, weights)
-    _check_weights(pred, target)
+    _check_weights(pred, target, check_finite)
     for name in weights:
         check_context(ctx, LOSSES[name].needs, pred.shape[0], name)
     terms = {name: LOSSES[name].fn(pred, target, ctx) for name in weights}
