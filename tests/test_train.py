@@ -222,9 +222,10 @@ def test_a_zoo_checkpoint_with_non_finite_weights_fails_before_training_naming_i
     assert not (tmp_path / "run").exists()
 
 
-def test_a_diverging_run_stops_at_the_epoch_s_end_and_keeps_the_last_finite_checkpoint(tiny_zoo, tmp_path, monkeypatch):
+def test_a_diverging_run_stops_before_its_epoch_is_saved(tiny_zoo, tmp_path, monkeypatch):
     # No step reads whether the generated CNNs are finite; the epoch counts the steps that
-    # were not, and says so before anything of the epoch is saved.
+    # were not, read with its sums (the progress bar's and the end's), and says so before
+    # anything of the epoch is saved.
     import wsmerge.train as train_mod
 
     merge, calls = train_mod._merge, []

@@ -247,7 +247,8 @@ class _QueryPools:
 
     def draw(self, targets: list[tuple[int, ...]], n: int, gen: torch.Generator) -> torch.Tensor:
         """[B, n] image indices, uniform with replacement over each target's pool: 62-bit
-        draws modulo the pool's size (whose bias, below 2⁻⁴⁸, no run can see)."""
+        draws modulo the pool's size (a relative bias below 2⁻⁴⁶ for pools under 2¹⁶
+        images, as MNIST's are, which no run can see)."""
         rows = torch.tensor([self.row[t] for t in targets])
         picks = torch.randint(2**62, (len(rows), n), generator=gen) % self.size[rows, None]
         return self.table[rows[:, None], picks]
@@ -484,7 +485,9 @@ def _loss_scales(cfg, model, data, device) -> dict[str, float]:
     return scales
 
 
-def _train_step(cfg, model, opt, batch, data, gen, device, scales) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _train_step(
+    cfg, model, opt, batch, data, gen, device, scales
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step on `batch` (a `_train_batches` item): the mean loss, each term's
     per-sample values and whether the generated CNNs were finite, left on the device
     (reading them waits for the GPU)."""
