@@ -33,7 +33,8 @@ compiling took about 190; `--profile` adds about 45 s.
    paper's mix, by batch, and the seed preset at its largest batch through torch.compile;
    each mix's cost against mse's measured side by side (the mixes alternate round by
    round on one model, the median of the rounds' ratios), with the paper mix less one of
-   its terms beside it (where its cost comes from); the mse-only step's achieved fraction
+   its terms beside it (where its cost comes from); the operations each step dispatches
+   and, on a GPU, how often it makes the host wait; the mse-only step's achieved fraction
    of the bf16 matmul rate measured here. `--levers`: AdamW unfused ("plain"), cuDNN's
    default algorithms ("heuristic"), and the tiny preset compiled as well.
 
