@@ -3,8 +3,10 @@
 1. TransformerAE training samples per second (wsmerge.train's step: forward, loss mix,
    backward, clip, AdamW) for the `tiny` preset on the CPU, with the structural loss alone
    and with the paper's mix (which runs the generated CNNs on query images), in rounds that
-   alternate between the two, and the median of the rounds' cost ratios. On a GPU, also the
-   `seed` preset in bf16 autocast, with its peak memory.
+   alternate between the two, and the median of the rounds' cost ratios; the operations
+   each step dispatches; each mix's step with AdamW fused (as wsmerge.train runs it)
+   against AdamW's default, side by side. On a GPU, also the `seed` preset in bf16
+   autocast, with its peak memory.
 2. Generated CNNs evaluated per second: the evaluation's batched prediction (the batched
    functional forward over chunks of models × images, `wsmerge.evaluate.default_chunk`)
    against a loop over single nn.Module CNNs, on the same weights and images, and the
@@ -48,10 +50,10 @@ def sync(device: str) -> None:
 
 class MergeStep:
     """wsmerge.train's training step (`_train_step`: forward in bf16 autocast on a GPU, the
-    loss mix in float32, backward, clip, AdamW fused on a GPU) on `batch` random pairs of
+    loss mix in float32, backward, clip, AdamW fused) on `batch` random pairs of
     relu CNNs, each pair with its own query images drawn from `images` every step, as a
-    run draws them from its target's classes. `plain`: AdamW's default multi-tensor path
-    instead of the fused one. `compiled`: the model's forward through torch.compile
+    run draws them from its target's classes. `plain`: AdamW's default path instead of the
+    fused one (multi-tensor on a GPU, a loop over the parameters on a CPU). `compiled`: the model's forward through torch.compile
     (`RunConfig.compile`)."""
 
     def __init__(self, preset_name: str, batch: int, device: str, images: torch.Tensor, *,
@@ -122,28 +124,34 @@ class MixRate:
 
 
 def mix_rates(step: MergeStep, mixes: dict[str, dict[str, float]], rounds: int, steps: int) -> dict[str, MixRate]:
-    """Each mix's rate on the same model, measured side by side: after a warm-up step of
-    each (compiling, allocating), `rounds` rounds of `steps` steps of every mix in turn, so
-    that a busy spell on a shared machine or a clock change hits all of them; each mix's
-    cost is the median over rounds of its time against the first mix's in that round."""
-    cuda = step.device == "cuda"
+    """Each mix's rate on the same model, measured side by side (`step_rates`)."""
+    return step_rates({label: (step, mix) for label, mix in mixes.items()}, rounds, steps)
+
+
+def step_rates(runs: dict[str, tuple[MergeStep, dict[str, float]]], rounds: int, steps: int) -> dict[str, MixRate]:
+    """Each run's rate (a step and the mix it trains), measured side by side: after a
+    warm-up step of each (compiling, allocating), `rounds` rounds of `steps` steps of every
+    run in turn, so that a busy spell on a shared machine or a clock change hits all of
+    them; each run's cost is the median over rounds of its time against the first run's in
+    that round."""
     peaks = {}
-    for label, mix in mixes.items():
+    for label, (step, mix) in runs.items():
+        cuda = step.device == "cuda"
         step(mix)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         step(mix)
         peaks[label] = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-    seconds = {label: [] for label in mixes}
+    seconds = {label: [] for label in runs}
     for _ in range(rounds):
-        for label, mix in mixes.items():
+        for label, (step, mix) in runs.items():
             start = time.perf_counter()
             step(mix, steps)
             seconds[label].append((time.perf_counter() - start) / steps)
-    first = seconds[next(iter(mixes))]
-    n = len(step.batch[0])
-    return {label: MixRate(n / statistics.median(s), statistics.median(a / b for a, b in zip(s, first)), peaks[label])
+    first = seconds[next(iter(runs))]
+    return {label: MixRate(len(runs[label][0].batch[0]) / statistics.median(s),
+                           statistics.median(a / b for a, b in zip(s, first)), peaks[label])
             for label, s in seconds.items()}
 
 
@@ -194,6 +202,11 @@ def main() -> None:
     print(f"             8 query images per pair)       median of {args.repeats} alternating rounds)")
     print(f"  operations dispatched a step: mse only {ops['mse only']}, paper mix {ops['paper mix']} "
           f"({ops['paper mix'] / ops['mse only']:.2f}x)")
+    plain = MergeStep("tiny", 32, "cpu", images, plain=True)
+    for label, mix in mixes.items():
+        fused = step_rates({"fused": (step, mix), "default": (plain, mix)}, args.repeats, 1)
+        print(f"  {label}: AdamW fused {fused['fused'].rate:8.1f} samples/s, its default (a loop over the parameters "
+              f"here) {fused['default'].rate:8.1f}; a step fused costs {1 / fused['default'].cost:.2f}x the default's")
 
     print(f"\ngenerated CNNs evaluated on {len(images)} test images each:")
     for n in (64, 256):

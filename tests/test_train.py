@@ -113,7 +113,7 @@ def test_an_epoch_reads_its_losses_off_the_device_once_and_reports_each_step_s_m
 
     def counted(reading):
         def read(t, *args):
-            # wsmerge's own readings (CPU AdamW reads its step counts; fused on a GPU, it does not).
+            # wsmerge's own readings: torch's (an optimizer's step counts, say) may read the host's values.
             caller = sys._getframe(1).f_code.co_filename
             if in_epoch and os.sep + "wsmerge" + os.sep in caller:
                 reads.append((sys._getframe(1).f_code.co_name, reading.__name__))
