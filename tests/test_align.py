@@ -112,3 +112,18 @@ def test_errors(cnns):
         canonical_perms(cnns, "sort", cnns[0])
     with pytest.raises(ValueError, match=r"weights must be \[B, 2464\]"):
         canonical_perms(cnns[0], "sort")
+
+
+def test_permute_units_takes_a_permutation_per_row_or_one_for_all_in_any_integer_type():
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(5, N_PARAMS, generator=g)
+    rows = _random_perms(5, 9)
+    shared = [p[0] for p in rows]
+    expected = permute_units(w, [p.expand(5, -1) for p in shared])
+    assert torch.equal(permute_units(w, shared), expected)
+    assert torch.equal(permute_units(w, [p.to(torch.uint8) for p in shared]), expected)
+    mixed = [rows[0], shared[1].to(torch.uint8), rows[2], shared[3]]
+    by_row = [permute_units(w[r:r + 1], [p[r] if p.dim() == 2 else p for p in mixed]) for r in range(5)]
+    assert torch.equal(permute_units(w, mixed), torch.cat(by_row))
+    with pytest.raises(ValueError, match=r"perms\[2\] must be \[4\] or \[5, 4\], got \(5, 3\)"):
+        permute_units(w, [rows[0], rows[1], rows[2][:, :3], rows[3]])

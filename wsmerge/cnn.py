@@ -111,10 +111,15 @@ def permute_units(weights: torch.Tensor, perms: Sequence[torch.Tensor]) -> torch
     if len(perms) != len(HIDDEN_UNITS):
         raise ValueError(f"one permutation per hidden layer ({len(HIDDEN_UNITS)}), got {len(perms)}")
     b, device = weights.shape[0], weights.device
-    # Every layer's permutations side by side, and a column of zeros for the positions no
-    # permutation moves; made where the permutations are, copied to the weights' device once.
+    for k, (p, n) in enumerate(zip(perms, HIDDEN_SIZES)):
+        if p.shape not in ((n,), (b, n)):
+            raise ValueError(f"perms[{k}] must be [{n}] or [{b}, {n}], got {tuple(p.shape)}")
+    # Every layer's permutations side by side, and a column of zeros (which makes the table
+    # int64) for the positions no permutation moves: made where the permutations are, copied
+    # to the weights' device once. No operation that would leave a tensor as it is.
     where = perms[0].device if all(p.device == perms[0].device for p in perms) else device
-    units = torch.cat([to_device(p, where).long().expand(b, n) for p, n in zip(perms, HIDDEN_SIZES)]
+    moved = [p if p.device == where else to_device(p, where) for p in perms]
+    units = torch.cat([p if p.dim() == 2 else p.expand(b, -1) for p in moved]
                       + [torch.zeros(b, 1, dtype=torch.long, device=where)], dim=1)
     base, columns, strides = _unit_tables(device)
     moved = to_device(units, device).gather(1, columns.expand(b, -1)).view(b, 2, N_PARAMS)
