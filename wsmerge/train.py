@@ -238,7 +238,7 @@ class _QueryPools:
     """The training images of each target class set, where a batch's query images are drawn:
     on the host (looking a pair's draws up on a GPU would make the host wait, every pair),
     in one table padded to the largest pool, so that a batch's draws are a few operations
-    whatever its size (a draw a pair took two, 128 of a paper-mix step's 1,740 at batch 64)."""
+    whatever its size (a draw a pair took two, 128 of a paper-mix step's 1,142 at batch 64)."""
 
     def __init__(self, pools: dict[tuple[int, ...], torch.Tensor]):
         self.row = {t: i for i, t in enumerate(pools)}
