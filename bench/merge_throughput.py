@@ -50,11 +50,11 @@ def sync(device: str) -> None:
 
 class MergeStep:
     """wsmerge.train's training step (`_train_step`: forward in bf16 autocast on a GPU, the
-    loss mix in float32, backward, clip, AdamW fused) on `batch` random pairs of
-    relu CNNs, each pair with its own query images drawn from `images` every step, as a
-    run draws them from its target's classes. `plain`: AdamW's default path instead of the
-    fused one (multi-tensor on a GPU, a loop over the parameters on a CPU). `compiled`: the model's forward through torch.compile
-    (`RunConfig.compile`)."""
+    loss mix in float32, backward, clip, AdamW fused) on `batch` random pairs of relu CNNs,
+    each pair with its own query images drawn from `images` every step, as a run draws them
+    from its target's classes. `plain`: AdamW's default path instead of the fused one
+    (multi-tensor on a GPU, a loop over the parameters on a CPU). `compiled`: the model's
+    forward through torch.compile (`RunConfig.compile`)."""
 
     def __init__(self, preset_name: str, batch: int, device: str, images: torch.Tensor, *,
                  plain: bool = False, compiled: bool = False):
@@ -204,9 +204,9 @@ def main() -> None:
           f"({ops['paper mix'] / ops['mse only']:.2f}x)")
     plain = MergeStep("tiny", 32, "cpu", images, plain=True)
     for label, mix in mixes.items():
-        fused = step_rates({"fused": (step, mix), "default": (plain, mix)}, args.repeats, 1)
-        print(f"  {label}: AdamW fused {fused['fused'].rate:8.1f} samples/s, its default (a loop over the parameters "
-              f"here) {fused['default'].rate:8.1f}; a step fused costs {1 / fused['default'].cost:.2f}x the default's")
+        adamw = step_rates({"fused": (step, mix), "default": (plain, mix)}, args.repeats, 1)
+        print(f"  {label}: AdamW fused {adamw['fused'].rate:8.1f} samples/s, its default (a loop over the parameters "
+              f"here) {adamw['default'].rate:8.1f}; a step fused costs {1 / adamw['default'].cost:.2f}x the default's")
 
     print(f"\ngenerated CNNs evaluated on {len(images)} test images each:")
     for n in (64, 256):

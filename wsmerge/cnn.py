@@ -118,8 +118,8 @@ def permute_units(weights: torch.Tensor, perms: Sequence[torch.Tensor]) -> torch
     # int64) for the positions no permutation moves: made where the permutations are, copied
     # to the weights' device once. No operation that would leave a tensor as it is.
     where = perms[0].device if all(p.device == perms[0].device for p in perms) else device
-    moved = [p if p.device == where else to_device(p, where) for p in perms]
-    units = torch.cat([p if p.dim() == 2 else p.expand(b, -1) for p in moved]
+    here = [p if p.device == where else to_device(p, where) for p in perms]
+    units = torch.cat([p if p.dim() == 2 else p.expand(b, -1) for p in here]
                       + [torch.zeros(b, 1, dtype=torch.long, device=where)], dim=1)
     base, columns, strides = _unit_tables(device)
     moved = to_device(units, device).gather(1, columns.expand(b, -1)).view(b, 2, N_PARAMS)

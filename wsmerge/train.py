@@ -386,7 +386,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     multi-tensor path the seed preset's mse-only step at batch 64 ran at 1,581 samples/s,
     fused at 2,351. On a 2-core CPU, where its default is a loop over the parameters, a
     tiny-preset step at batch 32 took 0.65-0.68x the loop's time fused with mse alone and
-    0.72-0.80x with the paper mix, in two runs (bench/merge_throughput.py)."""
+    0.72-0.84x with the paper mix, in three runs (bench/merge_throughput.py)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
