@@ -7,9 +7,10 @@ compiling took about 190; `--profile` adds about 45 s.
 1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
    two-class jobs: model-images per second by models per step (bf16 autocast at 1 to
    4096, fp32 at 1024, every size with `--levers`), both through torch.compile as the
-   builder runs them on a GPU, after a warm-up that compiles. Each size runs 3 epochs with
-   per-epoch validation and a test checkpoint (8 images a class, so that an epoch's rate is
-   the training step's), and 1 epoch beside it: their difference is an epoch's rate, the
+   builder runs them on a GPU, after warm-up runs that compile (`compile_seconds`: the
+   seconds compiling the size's step graph and its evaluation graph). Each size runs 3
+   epochs with per-epoch validation and a test checkpoint (8 images a class, so that an
+   epoch's rate is the training step's), and 1 epoch beside it: their difference is an epoch's rate, the
    rest a group's fixed seconds (setup, the first draw, the results to the host), which a
    36-epoch zoo group pays once. Then the validation forward's rate on the full zoo's
    validation sets, and the host's draw of an epoch's batches, as train_group writes them in
@@ -23,7 +24,9 @@ compiling took about 190; `--profile` adds about 45 s.
    (`plan_build`: groups by image count, each step narrowed to the group's widths, its
    models past their epoch idle in it) at the epoch rate measured nearest each step's
    width, the full zoo's evaluation (validation every epoch, all 10,000 test images at
-   each bin) at the validation forward's rate, and each group's fixed seconds.
+   each bin) at the validation forward's rate, each group's fixed seconds, and the
+   compiling: a graph for each width the build steps at, at the step's compile seconds
+   measured nearest it, and its evaluation graphs at the most one took.
 3. The accuracy check: the same sample of two- and five-class jobs (128 each, one group)
    trained 3 epochs in fp32 (eager) and in bf16 (compiled), median test accuracy on own
    classes per class count.
@@ -67,10 +70,12 @@ from wsmerge.data import load_mnist
 from wsmerge.losses import paper_mix
 from wsmerge.model import n_params
 import wsmerge.cnn
-from wsmerge.cnn import ACTIVATIONS, init_weights
+from wsmerge.cnn import init_weights
 from wsmerge.devices import cudnn_autotuned
-from wsmerge.zoo import Job, ModelRecord, TrainConfig, plan_build, profile, train_group, train_images
-from wsmerge.zoo._train import _accuracy, _draw_batches, _padded
+from wsmerge.zoo import (
+    Job, ModelRecord, TrainConfig, compile_seconds, plan_build, profile, train_group, train_images, validation_forward,
+)
+from wsmerge.zoo._train import _draw_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +83,15 @@ class ZooRate:
     """One group's timing: `epoch_rate` model-images/s of an epoch with its validation (the
     difference of a 3-epoch and a 1-epoch run over the 2 epochs between), `fixed` seconds a
     group spends besides its epochs (setup, the first draw, the test checkpoint, results to
-    the host), and `rate` the 3-epoch run's model-images/s, all of it counted."""
+    the host), `rate` the 3-epoch run's model-images/s, all of it counted, and the seconds
+    compiling its step's graph and its evaluation graph (`compile_seconds`: about 0 for a
+    graph compiled already in this run)."""
 
     rate: float
     epoch_rate: float
     fixed: float
+    step_compile: float
+    eval_compile: float
 
 
 def _jobs(k: int) -> list[Job]:
@@ -101,13 +110,15 @@ def _zoo_config(precision: str, per_class: int, epochs: int) -> TrainConfig:
 
 def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: int) -> dict[tuple, ZooRate]:
     """(precision, models per step, compiled) -> ZooRate of train_group on two-class relu
-    jobs, each epoch validated and the last one tested, after a warm-up that compiles."""
+    jobs, each epoch validated and the last one tested, after warm-up runs that compile."""
     rates = {}
     for precision, k, compiled in runs:
         jobs = _jobs(k)
         start = time.perf_counter()
         warm = _zoo_config(precision, per_class, 1)
-        train_group(jobs, data, dataclasses.replace(warm, train_per_class=warm.batch_size), compile=compiled)
+        warm = dataclasses.replace(warm, train_per_class=warm.batch_size)
+        compiling = compile_seconds(jobs, data, warm, compiled)
+        train_group(jobs, data, warm, compile=compiled)  # where nothing compiles, the warm-up
         sync(device)
         warm_up = time.perf_counter() - start
         seconds, images = {}, {}
@@ -119,11 +130,12 @@ def zoo_rates(data, device: str, runs: list[tuple[str, int, bool]], per_class: i
             sync(device)
             seconds[epochs] = time.perf_counter() - start
         per_epoch = max(1e-9, (seconds[3] - seconds[1]) / 2)
-        rate = ZooRate(images[3] / seconds[3], images[1] / per_epoch, max(0.0, seconds[1] - per_epoch))
+        rate = ZooRate(images[3] / seconds[3], images[1] / per_epoch, max(0.0, seconds[1] - per_epoch), *compiling)
         rates[precision, k, compiled] = rate
         print(f"  {precision}  {k:5d} models/step  {'compiled' if compiled else 'eager   '}  "
               f"{rate.rate:12,.0f} model-images/s  (an epoch {rate.epoch_rate:12,.0f}/s, {rate.fixed:5.2f} s a group "
-              f"besides; warm-up {warm_up:5.1f} s)", flush=True)
+              f"besides; warm-up {warm_up:5.1f} s, of which compiling the step {rate.step_compile:5.1f} s and the "
+              f"evaluation {rate.eval_compile:5.1f} s)", flush=True)
     return rates
 
 
@@ -158,18 +170,6 @@ def conv1_lever(data, device: str, k: int, per_class: int, padded: ZooRate) -> N
           f"(an epoch's rate)")
 
 
-def _validation(jobs: list[Job], data, device: str, per_class: int | None = None):
-    """The validation forward of `jobs`' models on their validation sets as train_group runs
-    it (compiled on a GPU in calls of one shape, cuDNN autotuned): a function of their
-    weights [K, 2464] that returns their accuracies, and the model-images it runs."""
-    idx, mask = _padded([data.val.indices(j.classes, per_class).cpu() for j in jobs], device)
-    width = len(jobs) if device == "cuda" else None
-    acts = (torch.tensor([ACTIVATIONS.index(j.activation) for j in jobs], device=device) if width
-            else [j.activation for j in jobs])
-    accuracy = cudnn_autotuned(_accuracy)
-    return (lambda weights: accuracy(weights, data.val, idx, mask, acts, width)), int(mask.sum())
-
-
 def eval_rates(data, device: str, widths: list[int]) -> dict[int, float]:
     """Model-images/s of the validation forward (float32, whatever the training precision,
     compiled on a GPU as train_group runs it) of groups of each width on the full validation
@@ -178,7 +178,7 @@ def eval_rates(data, device: str, widths: list[int]) -> dict[int, float]:
     for k in widths:
         jobs = _jobs(k)
         weights = torch.stack([init_weights(j.activation, j.init, j.seed) for j in jobs]).to(device)
-        validate, images = _validation(jobs, data, device)
+        validate, images = validation_forward(jobs, data, None, compile=True)
         validate(weights)  # compiled by the zoo runs; cuDNN times its algorithms
         sync(device)
         start = time.perf_counter()
@@ -289,7 +289,7 @@ def eval_precisions(data, device: str, records: list[ModelRecord], per_class: in
     from float32's (on a CPU, eager, bf16 through the CPU's autocast, and no patch products
     to replace)."""
     weights = torch.from_numpy(np.stack([r.checkpoints[1][0] for r in records])).to(device)
-    validate, images = _validation([r.job for r in records], data, device, per_class)
+    validate, images = validation_forward([r.job for r in records], data, per_class, compile=True)
     before, base, base_rate = torch.backends.cuda.matmul.allow_tf32, None, None
     try:
         for label, tf32, bf16, conv1 in (("float32", False, False, None), ("float32, TF32 matmuls", True, False, None),
@@ -472,23 +472,33 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
     print(f"\nfull zoo ({len(full.jobs())} models, {epochs} epochs each; {plans[sizes[-1]].model_images:,} "
           f"model-images trained, {plans[sizes[-1]].eval_images:,} evaluated), projected: each step (its models past "
           f"their epoch idle in it; on a GPU it narrows to the group's widths) at the epoch rate measured nearest "
-          f"its width, the evaluation at the validation forward's rate, and each group's other seconds:")
+          f"its width, the evaluation at the validation forward's rate, each group's other seconds, and compiling "
+          f"(a graph for each step width at the step's compile seconds measured nearest it, and the evaluation's "
+          f"graphs at the most an evaluation graph took):")
+    # An evaluation graph's compiling counts where it was first compiled (later widths of
+    # the same call shape reuse it, and fp32 and bf16 runs share it).
+    eval_compile = max(r.eval_compile for r in rates.values())
+    nearest = lambda known, w: min(known, key=lambda k: abs(k - w))  # noqa: E731
     for precision in ("fp32", "bf16"):
         measured = {k: r.epoch_rate for (p_, k, _), r in rates.items() if p_ == precision}
+        step_compile = {k: r.step_compile for (p_, k, _), r in rates.items() if p_ == precision}
         minutes = {}
         for k, plan in plans.items():
             if (precision, k, True) not in rates:
                 continue
             train = epochs * sum(slots / w * _step_seconds(measured, w, batch)
                                  for w, slots in plan.slots_by_width.items())
-            evaluate = plan.eval_images / evals[min(evals, key=lambda e: abs(e - k))]
+            evaluate = plan.eval_images / evals[nearest(evals, k)]
             other = plan.groups * rates[precision, k, True].fixed
-            minutes[k] = (train / 60, evaluate / 60, (train + evaluate + other) / 60)
-        for k, (train, evaluate, total) in minutes.items():
+            compiling = plan.eval_graphs * eval_compile + sum(
+                step_compile[nearest(step_compile, w)] for w in plan.slots_by_width) * (plan.step_graphs > 0)
+            minutes[k] = (train / 60, evaluate / 60, compiling / 60, (train + evaluate + other + compiling) / 60)
+        for k, (train, evaluate, compiling, total) in minutes.items():
             p = plans[k]
-            best = "  <- best" if k == min(minutes, key=lambda k: minutes[k][2]) else ""
+            best = "  <- best" if k == min(minutes, key=lambda k: minutes[k][-1]) else ""
             print(f"  {precision}  {k:5d} models/step: {p.groups:4d} groups, {100 * p.idle_share:4.1f}% of step slots "
-                  f"idle; training {train:7.1f} min, evaluation {evaluate:5.1f} min: {total:7.1f} min{best}")
+                  f"idle; training {train:7.1f} min, evaluation {evaluate:5.1f} min, compiling {compiling:4.1f} min "
+                  f"({p.step_graphs} step graphs, {p.eval_graphs} evaluation): {total:7.1f} min{best}")
 
     print("\naccuracy check, relu jobs, test accuracy on own classes, median: fp32 eager (the reference) "
           "against bf16 compiled (the fast path; on a CPU both run fp32 eagerly):")

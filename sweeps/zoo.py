@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", help="torchvision MNIST root instead of the packaged copy")
     p.add_argument("--export-csv", type=Path, help="also write the seed report's CSV layout here")
     p.add_argument("--plan", action="store_true",
-                   help="print the jobs, model-images, disk size and a projected time, train nothing")
+                   help="print the jobs, model-images, disk size and a projected time (training, evaluation and, "
+                        "where the step compiles, compiling), train nothing")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -177,7 +178,7 @@ def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
         return 0
     device = "cuda" if opts.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
     data = load_mnist(opts.data_root)
-    plan = plan_build(cfg, jobs, opts.models_per_step, data, device)
+    plan = plan_build(cfg, jobs, opts.models_per_step, data, device, compile=opts.compile)
     probe = plan_groups(jobs, opts.models_per_step, train_images(jobs, cfg.train, data))[0]
     torch.set_num_threads(max(1, int(opts.cpus_per_actor)))
     rates = probe_rates(probe, data.to(device), cfg.train, compile=opts.compile)
@@ -186,6 +187,14 @@ def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
     # (on a GPU, where a step narrows to a few widths only).
     train_min = plan.model_images / (1 - plan.idle_share) / rates.train / 60
     eval_min = plan.eval_images / rates.evaluate / 60
+    # Each actor compiles the graphs of its own groups, beside the others: not divided by the actors.
+    compile_min = (plan.step_graphs * rates.step_compile + plan.eval_graphs * rates.eval_compile) / 60
+    compiling = (
+        f"  compiling: {plan.step_graphs} training-step graph{'s' * (plan.step_graphs != 1)} (one a step width; "
+        f"{rates.step_compile:.0f} s the probe's) and {plan.eval_graphs} evaluation "
+        f"graph{'s' * (plan.eval_graphs != 1)} ({rates.eval_compile:.0f} s): {compile_min:.1f} min in each actor\n"
+        if plan.step_graphs else ""
+    )
     print(
         f"zoo {cfg.name} at {out}: {plan.jobs} models to train ({len(cfg.jobs()) - plan.jobs} already built), "
         f"{plan.groups} groups of up to {opts.models_per_step}\n"
@@ -195,8 +204,10 @@ def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
         f"  disk: {plan.disk_bytes / 2**20:,.1f} MiB of shards\n"
         f"  probe: {rates.train:,.0f} model-images/s trained, {rates.evaluate:,.0f} evaluated, for one actor "
         f"({len(probe)} models per step, {device}, {max(1, int(opts.cpus_per_actor))} threads)\n"
-        f"  projected: {(train_min + eval_min) / actors:,.1f} min with {actors} actor{'s' * (actors > 1)} "
-        f"({train_min / actors:,.1f} training, {eval_min / actors:,.1f} evaluating), if actors scale linearly"
+        f"{compiling}"
+        f"  projected: {(train_min + eval_min) / actors + compile_min:,.1f} min with {actors} actor{'s' * (actors > 1)} "
+        f"({train_min / actors:,.1f} training, {eval_min / actors:,.1f} evaluating"
+        f"{f', {compile_min:,.1f} compiling' if plan.step_graphs else ''}), if actors scale linearly"
     )
     return 0
 

@@ -175,6 +175,32 @@ def test_cli_plan_trains_nothing(tmp_path, capsys, mnist):
     assert not out.exists()
 
 
+def test_cli_plan_counts_compiling_in_each_actor(tmp_path, capsys, mnist, monkeypatch):
+    # What --plan prints on a GPU, where the step compiles: the CPU made to compile as one,
+    # and the probe's figures fixed, so that the arithmetic shows.
+    import sweeps.zoo
+    from wsmerge.zoo import ProbeRates, _train, plan_build
+    monkeypatch.setattr(_train, "_COMPILE_DEVICES", ("cuda", "cpu"))
+    rates = ProbeRates(train=1000.0, evaluate=3000.0, step_compile=12.0, eval_compile=3.0)
+    monkeypatch.setattr(sweeps.zoo, "probe_rates", lambda *a, **k: rates)
+    cfg = profile("tiny")
+    plan = plan_build(cfg, cfg.jobs(), 8, mnist, "cpu")
+    assert plan.step_graphs > 1 and plan.eval_graphs > 1  # groups of 7 and 8: widths 8, 7 (and narrower)
+    args = ["--profile", "tiny", "--out", str(tmp_path / "z"), "--plan", "--models-per-step", "8", "--actors", "2"]
+    assert zoo_main(args) == 0
+    text = capsys.readouterr().out
+    compiling = (12 * plan.step_graphs + 3 * plan.eval_graphs) / 60
+    assert (f"compiling: {plan.step_graphs} training-step graphs (one a step width; 12 s the probe's) and "
+            f"{plan.eval_graphs} evaluation graphs (3 s): {compiling:.1f} min in each actor") in text
+    train, evaluate = plan.model_images / (1 - plan.idle_share) / 1000 / 60, plan.eval_images / 3000 / 60
+    # Two actors share the training and the evaluation; each compiles its own graphs.
+    assert (f"projected: {(train + evaluate) / 2 + compiling:,.1f} min with 2 actors ({train / 2:,.1f} training, "
+            f"{evaluate / 2:,.1f} evaluating, {compiling:,.1f} compiling)") in text
+    assert zoo_main(args + ["--no-compile"]) == 0
+    text = capsys.readouterr().out
+    assert "  compiling:" not in text and " compiling)" not in text
+
+
 def test_explicit_actors_beyond_the_resources_stop_before_training(tmp_path, capsys, ray_local):
     out = tmp_path / "z"
     code = zoo_main(["--profile", "tiny", "--out", str(out), "--actors", "5", "--no-progress"])

@@ -13,6 +13,7 @@ from wsmerge.zoo import (
     ZooConfig,
     ZooStore,
     bin_sources,
+    compile_seconds,
     cyclic_lr,
     load,
     plan_build,
@@ -365,6 +366,11 @@ def test_a_plan_counts_each_step_s_slots_at_its_width(mnist, monkeypatch, device
             expected[width] = expected.get(width, 0) + width
     narrowed = {2: 2 * 3} if device == "cpu" else {3: 3 * 3}
     assert plan.slots_by_width == expected == {6: 6 * 7 + 6 * 10, **narrowed}
+    # A GPU compiles a step graph a width and one evaluation graph (both groups are 6 wide); a
+    # CPU, or a GPU build with compile off (which narrows the same), compiles nothing.
+    assert (plan.step_graphs, plan.eval_graphs) == ((0, 0) if device == "cpu" else (2, 1))
+    eager = plan_build(GROUPING, jobs, 6, mnist, device, compile=False)
+    assert (eager.step_graphs, eager.eval_graphs, eager.slots_by_width) == (0, 0, plan.slots_by_width)
     used = sum(math.ceil(n / 16) for n in images.values())
     assert plan.idle_share == pytest.approx(1 - used / sum(expected.values()))
     assert (plan.idle_share == 0) == (device == "cpu") and plan.groups == 2
@@ -373,6 +379,18 @@ def test_a_plan_counts_each_step_s_slots_at_its_width(mnist, monkeypatch, device
     # of the ten digits (its own classes', and the others').
     cfg = GROUPING.train
     assert plan.eval_images == sum(30 * len(j.classes) * cfg.last_epoch + 10 * 30 * len(cfg.bins) for j in jobs)
+
+
+def test_a_plan_counts_an_evaluation_graph_for_each_call_width(mnist, monkeypatch):
+    # 11 jobs, 6 a step: groups of 6 and 5. Evaluation calls hold at most 4 models here, so
+    # both groups' calls are 4 wide: one graph; with room for 8, two (6 and 5 wide).
+    from wsmerge.zoo import _train
+    jobs = GROUPING.jobs()[:11]
+    assert sorted(len(g) for g in plan_groups(jobs, 6, train_images(jobs, GROUPING.train, mnist))) == [5, 6]
+    monkeypatch.setattr(_train, "_EVAL_IMAGE_STEP", 8)
+    for budget, graphs in ((32, 1), (64, 2)):
+        monkeypatch.setattr(_train, "_EVAL_MODEL_IMAGES", budget)
+        assert plan_build(GROUPING, jobs, 6, mnist, "cuda").eval_graphs == graphs
 
 
 @pytest.mark.slow
@@ -385,7 +403,13 @@ def test_compiled_step_equals_the_eager_one_as_models_stop(mnist, monkeypatch, n
     from torch._dynamo.utils import counters
 
     from wsmerge.zoo import _train
+    jobs = [Job(c, a, "kaiming_uniform", 0) for c, a in (((0, 1), "relu"), ((2, 3, 4), "tanh"), ((5, 6), "gelu"),
+                                                        ((1, 7, 8, 9), "relu"), ((3, 4), "silu"), ((0, 9), "sigmoid"))]
+    # One step of the group's full width (at most 64 images a model).
+    short = TrainConfig(max_epochs=1, bins=(1,), train_per_class=16, eval_per_class=4)
+    assert compile_seconds(jobs, mnist, short, compile=True) == (0.0, 0.0)  # a CPU build runs eagerly
     monkeypatch.setattr(_train, "_COMPILE_DEVICES", ("cuda", "cpu"))
+    assert compile_seconds(jobs, mnist, short, compile=False) == (0.0, 0.0)
     # A group of 6 models of 2, 3 and 4 steps an epoch: at 2 its step narrows to 3 rows once
     # only the two longer ones step (step_width), a second compiled graph.
     monkeypatch.setattr(_train, "_NARROWEST", narrowest)
@@ -394,16 +418,23 @@ def test_compiled_step_equals_the_eager_one_as_models_stop(mnist, monkeypatch, n
     # padded, at a size a CPU runs in moments.
     monkeypatch.setattr(_train, "_EVAL_IMAGE_STEP", 8)
     monkeypatch.setattr(_train, "_EVAL_MODEL_IMAGES", 32)
-    jobs = [Job(c, a, "kaiming_uniform", 0) for c, a in (((0, 1), "relu"), ((2, 3, 4), "tanh"), ((5, 6), "gelu"),
-                                                        ((1, 7, 8, 9), "relu"), ((3, 4), "silu"), ((0, 9), "sigmoid"))]
     cfg = TrainConfig(max_epochs=5, bins=(3, 5), train_per_class=64, eval_per_class=4, patience=1, margin=0.0)
     eager = train_group(jobs, mnist, cfg)
     torch._dynamo.reset()
     counters.clear()
+    # The full-width step's graph and the evaluation's, which the run below reuses: compiling
+    # takes seconds, where a step of 6 models and their evaluation take moments; a graph
+    # compiled already counts nothing.
+    step, evaluate = compile_seconds(jobs, mnist, short, compile=True)
+    assert step > 0.2 and evaluate > 0.2, (step, evaluate)
     compiled = train_group(jobs, mnist, cfg, compile=True)
+    again = compile_seconds(jobs, mnist, short, compile=True)
+    assert max(again) < min(step, evaluate) / 2, (again, step, evaluate)
     # One graph for each step width, one for every evaluation call: three splits of
-    # different lengths and a group that shrinks compile nothing more.
+    # different lengths and a group that shrinks compile nothing more. The plan counts them.
     assert counters["stats"]["unique_graphs"] == (2 if narrowest > 6 else 3), dict(counters["stats"])
+    plan = plan_build(ZooConfig(name="six", digits=tuple(range(10)), train=cfg), jobs, 6, mnist, "cpu")
+    assert plan.step_graphs + plan.eval_graphs == counters["stats"]["unique_graphs"]
     stopped = [r.stopped_epoch for r in eager]
     assert 2 in stopped and 5 in stopped, stopped  # the refilled rows and the wait were exercised
     for a, b in zip(eager, compiled):

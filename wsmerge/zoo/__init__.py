@@ -10,7 +10,9 @@ trainer, the planner and the store work where Ray is not installed.
 """
 
 from ._config import PROFILES, Job, TrainConfig, ZooConfig, class_key, parse_class_key, profile
-from ._plan import BuildPlan, ProbeRates, plan_build, plan_groups, probe_rates, train_images
+from ._plan import (
+    BuildPlan, ProbeRates, compile_seconds, plan_build, plan_groups, probe_rates, train_images, validation_forward,
+)
 from ._store import MANIFEST, ZooStore, ZooStoreError, export_csv, load, load_init, read_csv, weights_matrix
 from ._train import EarlyStopping, ModelRecord, bin_sources, cyclic_lr, train_group
 
@@ -43,6 +45,7 @@ __all__ = [
     "bin_sources",
     "build_zoo",
     "class_key",
+    "compile_seconds",
     "cyclic_lr",
     "export_csv",
     "load",
@@ -55,5 +58,6 @@ __all__ = [
     "read_csv",
     "train_group",
     "train_images",
+    "validation_forward",
     "weights_matrix",
 ]

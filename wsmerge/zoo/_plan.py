@@ -17,14 +17,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from wsmerge.cnn import N_PARAMS
+from wsmerge.cnn import ACTIVATIONS, N_PARAMS, init_weights
 from wsmerge.data import MNIST
+from wsmerge.devices import cudnn_autotuned
 
 from ._config import Job, TrainConfig, ZooConfig
 from ._store import record_table
-from ._train import ModelRecord, live_counts, step_width, train_group
+from ._train import (
+    ModelRecord, _accuracy, _compiles, _padded, eval_call_models, live_counts, step_width, train_group,
+)
 
-__all__ = ["BuildPlan", "ProbeRates", "plan_build", "plan_groups", "probe_rates", "train_images"]
+__all__ = [
+    "BuildPlan", "ProbeRates", "compile_seconds", "plan_build", "plan_groups", "probe_rates", "train_images",
+    "validation_forward",
+]
 
 
 def train_images(jobs: list[Job], cfg: TrainConfig, data: MNIST) -> dict[Job, int]:
@@ -54,6 +60,26 @@ def plan_groups(jobs: list[Job], models_per_step: int, images: Mapping[Job, int]
 class ProbeRates:
     train: float  # model-images a second trained, a small validation and test included
     evaluate: float  # model-images a second of the validation and test forwards
+    # Seconds compiling a training step's graph (with cuDNN's timings of its shapes) and an
+    # evaluation graph: what a build pays once for each of plan_build's step_graphs and
+    # eval_graphs, in each actor. 0 where nothing compiles (a CPU, or compile off).
+    step_compile: float = 0.0
+    eval_compile: float = 0.0
+
+
+def validation_forward(jobs: list[Job], data: MNIST, per_class: int | None, compile: bool):
+    """The validation forward of `jobs`' models on their validation sets (at most
+    `per_class` images a class) as train_group runs it on `data`'s device, one group:
+    a function of their weights [K, 2464] that returns their accuracies, and the
+    model-images it runs."""
+    device = data.val.images.device
+    idx, mask = _padded([data.val.indices(j.classes, per_class).cpu() for j in jobs], device)
+    compiled = _compiles(compile, device)
+    acts = (torch.tensor([ACTIVATIONS.index(j.activation) for j in jobs], device=device) if compiled
+            else [j.activation for j in jobs])
+    accuracy = cudnn_autotuned(_accuracy)
+    return (lambda weights: accuracy(weights, data.val, idx, mask, acts, len(jobs) if compiled else None)), int(
+        mask.sum())
 
 
 def _eval_images(classes: tuple[int, ...], per_class: int | None, data: MNIST) -> tuple[int, int]:
@@ -63,13 +89,37 @@ def _eval_images(classes: tuple[int, ...], per_class: int | None, data: MNIST) -
     return len(data.val.indices(classes, per_class)), test
 
 
+def _seconds(fn, data: MNIST) -> float:
+    start = time.perf_counter()
+    fn()
+    if data.train.images.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compile_seconds(jobs: list[Job], data: MNIST, cfg: TrainConfig, compile: bool) -> tuple[float, float]:
+    """Seconds a group of `jobs` spends compiling on `data`'s device, (0, 0) where it does
+    not compile: its training step's graph and its evaluation graph. The evaluation first:
+    its first validation call's time over a second one's; then a first train_group run
+    with `cfg` over a second one (cuDNN's timings of the step's shapes included). A graph
+    this process compiled already counts about 0."""
+    if not _compiles(compile, data.train.images.device):
+        return 0.0, 0.0
+    validate, _ = validation_forward(jobs, data, 8, compile)
+    weights = torch.stack([init_weights(j.activation, j.init, j.seed) for j in jobs]).to(data.val.images.device)
+    evaluate = [_seconds(lambda: validate(weights), data) for _ in range(2)]
+    run = lambda: train_group(jobs, data, cfg, compile=compile)  # noqa: E731
+    step = [_seconds(run, data) for _ in range(2)]
+    return max(0.0, step[0] - step[1]), max(0.0, evaluate[0] - evaluate[1])
+
+
 def probe_rates(
     jobs: list[Job], data: MNIST, cfg: TrainConfig, seconds: float = 3.0, compile: bool = False
 ) -> ProbeRates:
-    """Rates of `train_group` on `jobs` with this recipe on `data`'s device, from one-epoch
-    runs of about 16 steps (the first of each kind a warm-up that also compiles, not
-    counted): with 8 evaluation images a class, and with the recipe's evaluation sets, whose
-    extra forward images over the extra time are the evaluation's rate."""
+    """Rates of `train_group` on `jobs` (one group) with this recipe on `data`'s device, from
+    one-epoch runs of about 16 steps (the first of each kind a warm-up, not counted): with 8
+    evaluation images a class, and with the recipe's evaluation sets, whose extra forward
+    images over the extra time are the evaluation's rate; and the group's compile_seconds."""
     short = dataclasses.replace(cfg, max_epochs=1, bins=(1,), train_per_class=8 * cfg.batch_size, eval_per_class=8)
     full_eval = dataclasses.replace(short, eval_per_class=cfg.eval_per_class)
 
@@ -83,6 +133,7 @@ def probe_rates(
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / runs
 
+    step_compile, eval_compile = compile_seconds(jobs, data, short, compile)
     small = timed(short, seconds)
     whole = timed(full_eval, seconds / 3)
     extra = sum(sum(_eval_images(j.classes, full_eval.eval_per_class, data))
@@ -90,6 +141,8 @@ def probe_rates(
     return ProbeRates(
         train=sum(train_images(jobs, short, data).values()) / small,
         evaluate=extra / (whole - small) if extra > 0 and whole > small else math.inf,
+        step_compile=step_compile,
+        eval_compile=eval_compile,
     )
 
 
@@ -105,6 +158,12 @@ class BuildPlan:
     # Model slots (rows × steps of an epoch, every group) by the steps' width: a step
     # narrows as its models pass their epoch (step_width), and a width's cost a slot is its own.
     slots_by_width: dict[int, int]
+    # The graphs the build compiles (0 where it does not): one a step width, one for each
+    # eval_call_models of its groups' sizes. Each actor compiles those of its groups. Like
+    # model_images, with every model to its last epoch: early stopping can narrow a step
+    # to a width no full epoch reaches, one more graph.
+    step_graphs: int
+    eval_graphs: int
 
 
 def _shard_bytes(cfg: TrainConfig) -> int:
@@ -119,13 +178,16 @@ def _shard_bytes(cfg: TrainConfig) -> int:
     return sink.getvalue().size
 
 
-def plan_build(config: ZooConfig, jobs: list[Job], models_per_step: int, data: MNIST, device="cpu") -> BuildPlan:
+def plan_build(
+    config: ZooConfig, jobs: list[Job], models_per_step: int, data: MNIST, device="cpu", compile: bool = True
+) -> BuildPlan:
     """The work and the disk of training `jobs` of `config` in groups of `models_per_step`
-    on `device`."""
+    on `device` (`compile`: the build's option)."""
     cfg = config.train
     images = train_images(jobs, cfg, data)
     groups = plan_groups(jobs, models_per_step, images)
-    exact = torch.device(device).type == "cpu"
+    compiled = _compiles(compile, device)
+    exact = torch.device(device).type == "cpu" and not compiled
     by_width: dict[int, int] = {}
     used = 0
     for group in groups:
@@ -147,4 +209,6 @@ def plan_build(config: ZooConfig, jobs: list[Job], models_per_step: int, data: M
         idle_share=1 - used / slots if slots else 0.0,
         disk_bytes=_shard_bytes(cfg) * len(jobs),
         slots_by_width=dict(sorted(by_width.items())),
+        step_graphs=len(by_width) if compiled else 0,
+        eval_graphs=len({eval_call_models(len(g)) for g in groups}) if compiled else 0,
     )

@@ -57,6 +57,11 @@ _COMPILE_DEVICES = ("cuda",)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
+def _compiles(compile: bool, device) -> bool:
+    """Whether train_group(compile=compile) compiles on `device`."""
+    return compile and torch.device(device).type in _COMPILE_DEVICES
+
+
 def _phase(name: str) -> torch.profiler.record_function:
     """A labelled range in a torch.profiler trace (bench/gpu.py --profile splits an epoch's
     time by them); without a profiler running it costs microseconds."""
@@ -161,8 +166,10 @@ def _compiled(fn):
     # ids (batched_forward), so any mix shares it, and a group keeps its width as models
     # stop (see train_group). The evaluation forward: one graph per group width (_accuracy).
     # Static shapes, because inductor fails on this graph with a symbolic model count
-    # (torch 2.11-2.13: "cannot determine truth value of Relational"). A build has two or
-    # three widths (plan_groups' sizes differ by one); the benchmark tries more.
+    # (torch 2.11-2.13: "cannot determine truth value of Relational"). A build compiles a
+    # step graph for each width its groups step at (plan_build's step_graphs: the full zoo
+    # at 4096 models a step, 4) and an evaluation graph for each eval_call_models of its
+    # groups' sizes (1 there); the benchmark tries more.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(fn, dynamic=False)
 
@@ -183,6 +190,12 @@ def step_width(live: int, width: int, exact: bool) -> int:
     return width
 
 
+def eval_call_models(width: int) -> int:
+    """Models in each compiled evaluation call of a group `width` models wide: one graph
+    serves every group of a value."""
+    return max(1, min(width, _EVAL_MODEL_IMAGES // _EVAL_IMAGE_STEP))
+
+
 def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
     """x [n, ...] with rows appended, detached copies of its first, up to `width` rows: a
     compiled call keeps its shape as models leave the group, and the copies' outputs are
@@ -198,14 +211,13 @@ def _accuracy(
     compiled) on its row of idx [K, n] where mask [K, n] is set (NaN for an empty row).
     Forward calls stay under `wsmerge.cnn.MAX_MODEL_IMAGES`. `width` (a group's width):
     through the compiled forward, in calls of one shape whatever K, the split and the
-    group's classes: min(width, _EVAL_MODEL_IMAGES / _EVAL_IMAGE_STEP) models ×
-    _EVAL_IMAGE_STEP images, the rest padded (rows with copies of the first, dropped;
-    images masked out)."""
+    group's classes: eval_call_models(width) models × _EVAL_IMAGE_STEP images, the rest
+    padded (rows with copies of the first, dropped; images masked out)."""
     n_rows = len(weights)
     if width is None:
         chunks, forward = forward_chunks(n_rows, idx.shape[1], _EVAL_MODEL_IMAGES), batched_forward
     else:
-        per_call = max(1, min(width, _EVAL_MODEL_IMAGES // _EVAL_IMAGE_STEP))
+        per_call = eval_call_models(width)
         k = -(-n_rows // per_call) * per_call
         length = max(1, -(-idx.shape[1] // _EVAL_IMAGE_STEP)) * _EVAL_IMAGE_STEP
         idx, mask = (F.pad(x, (0, length - x.shape[1])) for x in (idx, mask))
@@ -285,7 +297,7 @@ def train_group(
     acts = [j.activation for j in jobs]
     device = data.train.images.device
     bf16 = device.type == "cuda" and cfg.precision == "bf16"
-    compiled = compile and device.type in _COMPILE_DEVICES
+    compiled = _compiles(compile, device)
     loss_fn = _compiled(_step_loss) if compiled else _step_loss
     # The activations of records `sel` (a LongTensor): ids for a compiled call, names for an eager one.
     act_ids = torch.tensor([ACTIVATIONS.index(a) for a in acts], device=device)
