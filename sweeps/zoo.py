@@ -177,6 +177,10 @@ def _plan(cfg: ZooConfig, out: Path, opts: BuildOptions) -> int:
         print(f"zoo {cfg.name} at {out}: all {len(cfg.jobs())} models built, nothing to do")
         return 0
     device = "cuda" if opts.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+    if opts.gpus_per_actor > 0 and device == "cpu":
+        # The actors will train on GPUs this machine lacks: its CPU's rates say nothing of theirs.
+        print(f"note: --gpus-per-actor {opts.gpus_per_actor:g} but this machine has no GPU: the probe runs on its "
+              f"CPU, so the projected time is a CPU's; run --plan on a GPU node for the GPU's")
     data = load_mnist(opts.data_root)
     plan = plan_build(cfg, jobs, opts.models_per_step, data, device, compile=opts.compile)
     probe = plan_groups(jobs, opts.models_per_step, train_images(jobs, cfg.train, data))[0]

@@ -172,7 +172,14 @@ def test_cli_plan_trains_nothing(tmp_path, capsys, mnist):
     assert re.search(r"disk: [\d.]+ MiB", text)
     assert re.search(r"probe: [\d,]+ model-images/s trained, [\d,]+ evaluated", text)
     assert re.search(r"projected: [\d.,]+ min with 1 actor \([\d.,]+ training, [\d.,]+ evaluating\)", text)
+    assert "no GPU" not in text
     assert not out.exists()
+    if not torch.cuda.is_available():
+        # GPU actors planned on a machine without one: the CPU's projection, said so.
+        assert zoo_main(["--profile", "tiny", "--out", str(out), "--plan", "--gpus-per-actor", "1",
+                         "--models-per-step", "1"]) == 0
+        assert ("note: --gpus-per-actor 1 but this machine has no GPU: the probe runs on its CPU, so the projected "
+                "time is a CPU's") in capsys.readouterr().out
 
 
 def test_cli_plan_counts_compiling_in_each_actor(tmp_path, capsys, mnist, monkeypatch):
