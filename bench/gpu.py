@@ -2,7 +2,8 @@
 levers beside the plain step with `--levers`, where a zoo epoch's time goes with `--profile`.
 Each part prints its own wall time, compiling included (the zoo step compiles once per group
 width and precision, the merge model once a mix). On an H100 the default ran 295 s, of which
-compiling took about 190; `--profile` adds about 45 s.
+compiling took about 190; `--profile` added about 45 s before it compared the step through
+CUDA graphs, which adds a compile and four short runs (not yet timed on a GPU).
 
 1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
    two-class jobs: model-images per second by models per step (bf16 autocast at 1 to
@@ -19,7 +20,8 @@ compiling took about 190; `--profile` adds about 45 s.
    1024 models under torch.profiler, by train_group's phases and by kernel, then their
    validation forward alone on the full zoo's validation sets in float32 (its kernels too),
    with TF32 matmuls, under bf16 autocast, and with the first convolution grouped (rates,
-   and how far each moves the accuracies).
+   and how far each moves the accuracies), and the bf16 step at 1024 models through CUDA
+   graphs (torch.compile's "reduce-overhead") beside the default compile.
 2. The full zoo's projected minutes by models per step and precision: each epoch's steps
    (`plan_build`: groups by image count, each step narrowed to the group's widths, its
    models past their epoch idle in it) at the epoch rate measured nearest each step's
@@ -54,6 +56,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import statistics
 import sys
@@ -75,6 +78,7 @@ from wsmerge.devices import cudnn_autotuned
 from wsmerge.zoo import (
     Job, ModelRecord, TrainConfig, compile_seconds, plan_build, profile, train_group, train_images, validation_forward,
 )
+from wsmerge.zoo import _train
 from wsmerge.zoo._train import _draw_batches
 
 
@@ -148,16 +152,17 @@ def _conv1_grouped(images: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> 
 
 
 @contextlib.contextmanager
-def _swapped(name: str, value):
-    """wsmerge.cnn's `name` set to `value` while the block runs (torch.compile's guards see
-    the change and recompile): `conv1_im2col`, the first convolution on per-model images (a
-    GPU's path), or `_PATCH`, the values its patches are padded to."""
-    ours = getattr(wsmerge.cnn, name)
-    setattr(wsmerge.cnn, name, value)
+def _swapped(name: str, value, module=wsmerge.cnn):
+    """`module`'s `name` set to `value` while the block runs (torch.compile's guards see
+    the change and recompile): wsmerge.cnn's `conv1_im2col`, the first convolution on
+    per-model images (a GPU's path), or `_PATCH`, the values its patches are padded to;
+    the zoo trainer's `_compiled`, how its step and evaluation compile."""
+    ours = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        setattr(wsmerge.cnn, name, ours)
+        setattr(module, name, ours)
 
 
 def conv1_lever(data, device: str, k: int, per_class: int, padded: ZooRate) -> None:
@@ -167,6 +172,25 @@ def conv1_lever(data, device: str, k: int, per_class: int, padded: ZooRate) -> N
     with _swapped("_PATCH", 25):
         plain = zoo_rates(data, device, [("bf16", k, True)], per_class)["bf16", k, True]
     print(f"  bf16 {k:5d} models/step: patches padded to 32 / unpadded = {padded.epoch_rate / plain.epoch_rate:.2f} "
+          f"(an epoch's rate)")
+
+
+def cuda_graphs_lever(data, device: str, k: int, per_class: int, compiled: ZooRate) -> None:
+    """The zoo's bf16 step at k models through torch.compile's CUDA graphs (mode
+    "reduce-overhead": each step's kernels replayed as one graph, its inputs copied into the
+    graph's buffers first), beside the default mode's rate `compiled` measured in this run.
+    Where the host queues a step's kernels slower than the GPU runs them (--profile's phases:
+    host time over device time), the graphs take the host's share away. A failure prints and
+    leaves the rest of the run standing."""
+    graphs = functools.cache(lambda fn: torch.compile(fn, dynamic=False, mode="reduce-overhead"))
+    try:
+        with _swapped("_compiled", graphs, _train):
+            rate = zoo_rates(data, device, [("bf16", k, True)], per_class)["bf16", k, True]
+    except Exception:
+        traceback.print_exc()
+        print(f"  bf16 {k:5d} models/step: CUDA graphs failed (above)")
+        return
+    print(f"  bf16 {k:5d} models/step: CUDA graphs / default compile = {rate.epoch_rate / compiled.epoch_rate:.2f} "
           f"(an epoch's rate)")
 
 
@@ -461,7 +485,11 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
         print(f"\nthe validation forward alone, {len(records)} of those models on "
               f"{'10 images a class' if quick else 'every image of their classes, as in the full zoo'}:")
         eval_precisions(data, device, records, 10 if quick else None)
-        print(f"(the profile and the validation forward: {time.perf_counter() - profiled:.0f} s of this part)")
+        print(f"\nthe step through CUDA graphs{' (a CPU runs eagerly either way)' if device == 'cpu' else ''}:")
+        k = 16 if quick else 1024
+        cuda_graphs_lever(data, device, k, per_class, rates["bf16", k, True])
+        print(f"(the profile, the validation forward and CUDA graphs: {time.perf_counter() - profiled:.0f} s of this "
+              f"part)")
 
     print("\nthe validation forward (float32 in either precision, compiled as train_group runs it) on the full "
           "zoo's validation sets of two-class jobs:")

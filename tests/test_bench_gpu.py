@@ -34,7 +34,8 @@ def test_gpu_bench_quick_runs_every_section():
         assert re.search(rf"bf16\s+{k} models/step\s+eager\s+[\d,]+ model-images/s", out), out
         assert re.search(rf"bf16\s+{k} models/step: compiled / eager = [\d.]+", out), out
     assert re.search(r"bf16\s+16 models/step: patches padded to 32 / unpadded = [\d.]+ \(an epoch's rate\)", out), out
-    assert re.search(r"\(the profile and the validation forward: \d+ s of this part\)", out), out
+    assert re.search(r"bf16\s+16 models/step: CUDA graphs / default compile = [\d.]+ \(an epoch's rate\)", out), out
+    assert re.search(r"\(the profile, the validation forward and CUDA graphs: \d+ s of this part\)", out), out
     assert re.search(r"16 models of\s+128 images:\s+[\d.]+ s in place,\s+[\d.]+ s built apart \([\d.]+x\)", out), out
     assert re.search(r"fp32, 16 models a step, one epoch of 64 images a class: [\d.]+ s under the profiler", out), out
     for phase in ("steps", "validation", "test", "draw"):
