@@ -3,8 +3,9 @@
 Both train the same models on the same images for the same epochs with the seed recipe
 (Adam, triangular cyclic LR, per-epoch validation, test at the end), on the same cores, in
 one run. Throughput is model-images per second: training images seen, summed over models,
-divided by wall time. Also prints the accuracy the models reach after 7 epochs and the
-accuracy spread of the tiny zoo.
+divided by wall time. Also prints the accuracy the models reach after 7 epochs, the
+accuracy spread of the tiny zoo, and, first, the zoo's evaluation forward in calls of
+`wsmerge.cnn.default_chunk` model-images against whole splits a call, side by side.
 
     .venv/bin/python bench/zoo_throughput.py            # about 5 minutes on 2 cores
     .venv/bin/python bench/zoo_throughput.py --quick    # fewer models, for a smoke run
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 
 from wsmerge.cnn import CNN, init_weights, unflatten
 from wsmerge.data import load_mnist
-from wsmerge.zoo import BuildOptions, Job, TrainConfig, ZooConfig, build_zoo, load, profile
+from wsmerge.zoo import BuildOptions, Job, TrainConfig, ZooConfig, _train, build_zoo, load, profile
+from wsmerge.zoo._train import _accuracy, _padded
 
 
 def plain_loop(jobs: list[Job], cfg: TrainConfig, threads: int) -> tuple[float, dict[str, float]]:
@@ -62,6 +64,43 @@ def plain_loop(jobs: list[Job], cfg: TrainConfig, threads: int) -> tuple[float, 
     return time.perf_counter() - start, acc
 
 
+def eval_chunks(jobs: list[Job], rounds: int) -> None:
+    """The zoo's evaluation of each model (its validation set, its own classes' test images
+    and the others', float32, one thread as an actor runs it) in forward calls of
+    `default_chunk` model-images against calls of 2**16, the budget it used before (a whole
+    split a model a call), side by side; both give the same accuracies."""
+    torch.set_num_threads(1)
+    data = load_mnist()
+    weights = torch.stack([init_weights(j.activation, j.init, j.seed) for j in jobs])
+    acts = [j.activation for j in jobs]
+    sets = [(split, _padded([get(j.classes) for j in jobs], "cpu"))
+            for split, get in ((data.val, data.val.indices), (data.test, data.test.indices),
+                               (data.test, data.test.others))]
+
+    def evaluate(budget: int | None) -> tuple[float, list]:
+        ours = _train.default_chunk
+        _train.default_chunk = ours if budget is None else (lambda device: budget)
+        try:
+            start = time.perf_counter()
+            acc = [_accuracy(weights, split, idx, mask, acts) for split, (idx, mask) in sets]
+            return time.perf_counter() - start, acc
+        finally:
+            _train.default_chunk = ours
+
+    evaluate(None)
+    chunked, whole = [], []
+    for _ in range(rounds):
+        (t, a), (u, b) = evaluate(None), evaluate(2**16)
+        assert a == b
+        chunked.append(t)
+        whole.append(u)
+    images = sum(int(mask.sum()) for _, (_, mask) in sets)
+    print(f"\nthe zoo's evaluation, {len(jobs)} models on their validation and test sets ({images:,} model-images), "
+          f"one thread: calls of {_train.default_chunk('cpu')} model-images {images / statistics.median(chunked):,.0f}/s, "
+          f"of 2**16 {images / statistics.median(whole):,.0f}/s; "
+          f"ratio {statistics.median(u / t for t, u in zip(chunked, whole)):.2f} (median of {rounds} alternating rounds)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -77,6 +116,8 @@ def main() -> None:
     images = sum(len(data.train.indices(j.classes)) for j in jobs) * cfg.last_epoch
     print(f"{len(jobs)} models ({len(pairs)} two-class, 1 ten-class), {cfg.last_epoch} epochs, "
           f"{images:,} model-images, {cores} cores")
+    eval_chunks(jobs, 5)
+    torch.set_num_threads(cores)
 
     tmp = tempfile.mkdtemp(prefix="zb", dir="/tmp")
     try:

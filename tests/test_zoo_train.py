@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import wsmerge.cnn
-from wsmerge.cnn import CNN, forward_chunks, init_weights, unflatten
+from wsmerge.cnn import CNN, batched_forward, forward_chunks, init_weights, unflatten
 from wsmerge.zoo import (
     EarlyStopping,
     Job,
@@ -183,6 +183,14 @@ def test_evaluation_in_chunks_equals_one_call(mnist, monkeypatch):
     lists = [mnist.val.indices(c, 40) for c in [(0, 1), (2,), (3, 4, 5), (6, 7), (0, 9, 8, 1)]]
     idx, mask = _padded(lists, "cpu")
     whole = _accuracy(weights, mnist.val, idx, mask, acts)
+    # On a CPU, calls of default_chunk model-images (1024), which keep the activations near
+    # the caches: a test set of 10,000 images runs in 10 calls a model, not one.
+    from wsmerge.zoo import _train
+    sizes = []
+    monkeypatch.setattr(_train, "batched_forward", lambda w, x, a: sizes.append(x.shape[:2]) or batched_forward(w, x, a))
+    test = _padded([mnist.test.indices(range(10))], "cpu")
+    _accuracy(weights[:1], mnist.test, *test, acts[:1])
+    assert sizes == [(1, 1024)] * 9 + [(1, 10000 - 9 * 1024)]
     monkeypatch.setattr(wsmerge.cnn, "MAX_MODEL_IMAGES", 37)
     assert _accuracy(weights, mnist.val, idx, mask, acts) == whole
     for k, i in enumerate(lists):

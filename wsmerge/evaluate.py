@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from wsmerge.cnn import N_PARAMS, batched_forward, check_activation, forward_chunks
+from wsmerge.cnn import N_PARAMS, batched_forward, check_activation, default_chunk, forward_chunks
 from wsmerge.config import check_int, check_number, from_dict
 from wsmerge.data import N_CLASSES, Split, check_classes
 from wsmerge.merges import ENSEMBLE, MERGES, MergeInputs, ensemble_predict
@@ -381,16 +381,6 @@ def _membership(sets: Sequence[tuple[int, ...]], device: torch.device) -> torch.
     for i, s in enumerate(sets):
         member[i, list(s)] = True
     return member.to(device)
-
-
-def default_chunk(device: torch.device | str) -> int:
-    """Model×image evaluations per forward call on `device`.
-
-    The first convolution's output takes 18 KB per model×image in float32. A GPU wants large
-    calls (32768: 600 MB); a CPU is bound by memory traffic, and calls whose activations stay
-    near its caches (1024: 18 MB) ran faster than calls of 32768 (bench/merge_throughput.py).
-    """
-    return 32768 if torch.device(device).type == "cuda" else 1024
 
 
 def _forward_chunks(

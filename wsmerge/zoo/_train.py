@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsmerge.cnn import ACTIVATIONS, batched_forward, forward_chunks, init_weights
+from wsmerge.cnn import ACTIVATIONS, batched_forward, default_chunk, forward_chunks, init_weights
 from wsmerge.devices import cudnn_autotuned, to_device
 from wsmerge.data import MNIST, Split
 
@@ -29,10 +29,10 @@ from ._config import Job, TrainConfig
 
 __all__ = ["EarlyStopping", "ModelRecord", "bin_sources", "cyclic_lr", "train_group"]
 
-# Model-images per evaluation forward call (wsmerge.cnn.MAX_MODEL_IMAGES caps it): as many
-# as a training step of 1024 models × 64 images, which keeps a GPU busy; there the first
-# convolution's 5×5 patches take 3.8 GB in float32 and its output 1.2 GB (at 2**18, the
-# earlier size, 15 GB and 4.8 GB).
+# Model-images per compiled evaluation forward call (wsmerge.cnn.MAX_MODEL_IMAGES caps it):
+# as many as a training step of 1024 models × 64 images, which keeps a GPU busy; there the
+# first convolution's 5×5 patches take 3.8 GB in float32 and its output 1.2 GB (at 2**18,
+# the earlier size, 15 GB and 4.8 GB). Eager calls take default_chunk's, fewer on a CPU.
 _EVAL_MODEL_IMAGES = 2**16
 # Compiled evaluation calls take this many images a model, every split padded to a multiple
 # of it: one graph a group width serves every split and class set, and padding wastes
@@ -209,13 +209,13 @@ def _accuracy(
 ) -> list[float]:
     """Percent accuracy of each model (activations: one per row, names, or ids when
     compiled) on its row of idx [K, n] where mask [K, n] is set (NaN for an empty row).
-    Forward calls stay under `wsmerge.cnn.MAX_MODEL_IMAGES`. `width` (a group's width):
-    through the compiled forward, in calls of one shape whatever K, the split and the
-    group's classes: eval_call_models(width) models × _EVAL_IMAGE_STEP images, the rest
-    padded (rows with copies of the first, dropped; images masked out)."""
+    Eagerly, in forward calls of `wsmerge.cnn.default_chunk` model-images. `width` (a
+    group's width): through the compiled forward, in calls of one shape whatever K, the
+    split and the group's classes: eval_call_models(width) models × _EVAL_IMAGE_STEP
+    images, the rest padded (rows with copies of the first, dropped; images masked out)."""
     n_rows = len(weights)
     if width is None:
-        chunks, forward = forward_chunks(n_rows, idx.shape[1], _EVAL_MODEL_IMAGES), batched_forward
+        chunks, forward = forward_chunks(n_rows, idx.shape[1], default_chunk(weights.device)), batched_forward
     else:
         per_call = eval_call_models(width)
         k = -(-n_rows // per_call) * per_call
