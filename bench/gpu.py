@@ -6,22 +6,23 @@ compiling took about 190; `--profile` added about 45 s before it compared the st
 CUDA graphs, which adds a compile and four short runs (not yet timed on a GPU).
 
 1. The zoo trainer (`wsmerge.zoo.train_group`, the code the builder's actors run) on
-   two-class jobs: model-images per second by models per step (bf16 autocast at 1 to
-   4096, fp32 at 1024, every size with `--levers`), both through torch.compile as the
-   builder runs them on a GPU, after warm-up runs that compile (`compile_seconds`: the
-   seconds compiling the size's step graph and its evaluation graph). Each size runs 3
-   epochs with per-epoch validation and a test checkpoint (8 images a class, so that an
-   epoch's rate is the training step's), and 1 epoch beside it: their difference is an epoch's rate, the
-   rest a group's fixed seconds (setup, the first draw, the results to the host), which a
-   36-epoch zoo group pays once. Then the validation forward's rate on the full zoo's
-   validation sets, and the host's draw of an epoch's batches, as train_group writes them in
-   place against each model's built apart. `--levers`: the bf16 step eager beside it, at two
-   sizes, and with the first convolution's patches unpadded. `--profile`: one bf16 epoch of
-   1024 models under torch.profiler, by train_group's phases and by kernel, then their
-   validation forward alone on the full zoo's validation sets in float32 (its kernels too),
-   with TF32 matmuls, under bf16 autocast, and with the first convolution grouped (rates,
-   and how far each moves the accuracies), and the bf16 step at 1024 models through CUDA
-   graphs (torch.compile's "reduce-overhead") beside the default compile.
+   two-class jobs: model-images per second by models per step (bf16 autocast at 1 to 4096,
+   fp32 at 1024, every size with `--levers`), both through torch.compile as the builder
+   runs them on a GPU, after warm-up runs that compile (`compile_seconds`: the seconds
+   compiling the size's step graph and its evaluation graph). Each size runs 3 epochs with
+   per-epoch validation and a test checkpoint (8 images a class, so that an epoch's rate
+   is the training step's), and 1 epoch beside it: their difference is an epoch's rate,
+   the rest a group's fixed seconds (setup, the first draw, the results to the host),
+   which a 36-epoch zoo group pays once. Then the validation forward's rate on the full
+   zoo's validation sets, and the host's draw of an epoch's batches, as train_group writes
+   them in place against each model's built apart. `--levers`: the bf16 step eager beside
+   it, at two sizes, and with the first convolution's patches unpadded. `--profile`: one
+   bf16 epoch of 1024 models under torch.profiler, by train_group's phases and by kernel,
+   then their validation forward alone on the full zoo's validation sets in float32 (its
+   kernels too), with TF32 matmuls, under bf16 autocast, and with the first convolution
+   grouped (rates, and how far each moves the accuracies), and the bf16 step at 1024
+   models through CUDA graphs (torch.compile's "reduce-overhead") beside the default
+   compile.
 2. The full zoo's projected minutes by models per step and precision: each epoch's steps
    (`plan_build`: groups by image count, each step narrowed to the group's widths, its
    models past their epoch idle in it) at the epoch rate measured nearest each step's
@@ -518,8 +519,9 @@ def zoo_parts(data, device: str, quick: bool, args: argparse.Namespace) -> None:
                                  for w, slots in plan.slots_by_width.items())
             evaluate = plan.eval_images / evals[nearest(evals, k)]
             other = plan.groups * rates[precision, k, True].fixed
-            compiling = plan.eval_graphs * eval_compile + sum(
-                step_compile[nearest(step_compile, w)] for w in plan.slots_by_width) * (plan.step_graphs > 0)
+            compiling = plan.eval_graphs * eval_compile
+            if plan.step_graphs:  # a step graph a width (where nothing compiles, the widths are many)
+                compiling += sum(step_compile[nearest(step_compile, w)] for w in plan.slots_by_width)
             minutes[k] = (train / 60, evaluate / 60, compiling / 60, (train + evaluate + other + compiling) / 60)
         for k, (train, evaluate, compiling, total) in minutes.items():
             p = plans[k]

@@ -192,7 +192,7 @@ def test_cli_plan_counts_compiling_in_each_actor(tmp_path, capsys, mnist, monkey
     monkeypatch.setattr(sweeps.zoo, "probe_rates", lambda *a, **k: rates)
     cfg = profile("tiny")
     plan = plan_build(cfg, cfg.jobs(), 8, mnist, "cpu")
-    assert plan.step_graphs > 1 and plan.eval_graphs > 1  # groups of 7 and 8: widths 8, 7 (and narrower)
+    assert plan.step_graphs > 1 and plan.eval_graphs > 1  # groups of 7 and 8 models, each its own width
     args = ["--profile", "tiny", "--out", str(tmp_path / "z"), "--plan", "--models-per-step", "8", "--actors", "2"]
     assert zoo_main(args) == 0
     text = capsys.readouterr().out
