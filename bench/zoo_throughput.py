@@ -25,9 +25,9 @@ import ray
 import torch
 import torch.nn.functional as F
 
-from wsmerge.cnn import CNN, init_weights, unflatten
+from wsmerge.cnn import CNN, default_chunk, init_weights, unflatten
 from wsmerge.data import load_mnist
-from wsmerge.zoo import BuildOptions, Job, TrainConfig, ZooConfig, _train, build_zoo, load, profile
+from wsmerge.zoo import BuildOptions, Job, TrainConfig, ZooConfig, build_zoo, load, profile
 from wsmerge.zoo._train import _accuracy, _padded
 
 
@@ -77,15 +77,10 @@ def eval_chunks(jobs: list[Job], rounds: int) -> None:
             for split, get in ((data.val, data.val.indices), (data.test, data.test.indices),
                                (data.test, data.test.others))]
 
-    def evaluate(budget: int | None) -> tuple[float, list]:
-        ours = _train.default_chunk
-        _train.default_chunk = ours if budget is None else (lambda device: budget)
-        try:
-            start = time.perf_counter()
-            acc = [_accuracy(weights, split, idx, mask, acts) for split, (idx, mask) in sets]
-            return time.perf_counter() - start, acc
-        finally:
-            _train.default_chunk = ours
+    def evaluate(chunk: int | None) -> tuple[float, list]:
+        start = time.perf_counter()
+        acc = [_accuracy(weights, split, idx, mask, acts, chunk=chunk) for split, (idx, mask) in sets]
+        return time.perf_counter() - start, acc
 
     evaluate(None)
     chunked, whole = [], []
@@ -96,7 +91,7 @@ def eval_chunks(jobs: list[Job], rounds: int) -> None:
         whole.append(u)
     images = sum(int(mask.sum()) for _, (_, mask) in sets)
     print(f"\nthe zoo's evaluation, {len(jobs)} models on their validation and test sets ({images:,} model-images), "
-          f"one thread: calls of {_train.default_chunk('cpu')} model-images {images / statistics.median(chunked):,.0f}/s, "
+          f"one thread: calls of {default_chunk('cpu')} model-images {images / statistics.median(chunked):,.0f}/s, "
           f"of 2**16 {images / statistics.median(whole):,.0f}/s; "
           f"ratio {statistics.median(u / t for t, u in zip(chunked, whole)):.2f} (median of {rounds} alternating rounds)")
 

@@ -35,9 +35,9 @@ __all__ = [
     "activation_fn",
     "batched_forward",
     "check_activation",
-    "default_chunk",
     "check_init",
     "conv1_im2col",
+    "default_chunk",
     "dropout_keep",
     "flatten",
     "forward_chunks",
@@ -278,8 +278,8 @@ def default_chunk(device: torch.device | str) -> int:
     The first convolution's output takes 18 KB per model×image in float32. A GPU wants large
     calls (32768: 600 MB); a CPU is bound by memory traffic, and calls whose activations stay
     near its caches (1024: 18 MB) ran faster than calls of 32768 (bench/merge_throughput.py;
-    the zoo's evaluation of one model on its 10,000 test images, one thread: 1.9x as fast in
-    calls of 1024 images as in one call, bench/zoo_throughput.py).
+    the zoo's evaluation of models on their validation and test sets, one thread: 2.0-2.3x
+    the model-images a second in calls of 1024 as in one call a split, bench/zoo_throughput.py).
     """
     return 32768 if torch.device(device).type == "cuda" else 1024
 

@@ -205,17 +205,19 @@ def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _accuracy(
-    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations, width: int | None = None
+    weights: torch.Tensor, split: Split, idx: torch.Tensor, mask: torch.Tensor, activations, width: int | None = None,
+    chunk: int | None = None,
 ) -> list[float]:
     """Percent accuracy of each model (activations: one per row, names, or ids when
     compiled) on its row of idx [K, n] where mask [K, n] is set (NaN for an empty row).
-    Eagerly, in forward calls of `wsmerge.cnn.default_chunk` model-images. `width` (a
-    group's width): through the compiled forward, in calls of one shape whatever K, the
-    split and the group's classes: eval_call_models(width) models × _EVAL_IMAGE_STEP
+    Eagerly, in forward calls of `chunk` model-images (None: `wsmerge.cnn.default_chunk`).
+    `width` (a group's width): through the compiled forward, in calls of one shape whatever
+    K, the split and the group's classes: eval_call_models(width) models × _EVAL_IMAGE_STEP
     images, the rest padded (rows with copies of the first, dropped; images masked out)."""
     n_rows = len(weights)
     if width is None:
-        chunks, forward = forward_chunks(n_rows, idx.shape[1], default_chunk(weights.device)), batched_forward
+        chunks = forward_chunks(n_rows, idx.shape[1], chunk or default_chunk(weights.device))
+        forward = batched_forward
     else:
         per_call = eval_call_models(width)
         k = -(-n_rows // per_call) * per_call
