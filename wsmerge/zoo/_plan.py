@@ -124,14 +124,12 @@ def probe_rates(
     full_eval = dataclasses.replace(short, eval_per_class=cfg.eval_per_class)
 
     def timed(run_cfg: TrainConfig, budget: float) -> float:
-        train_group(jobs, data, run_cfg, compile=compile)
-        runs, start = 0, time.perf_counter()
-        while runs < 1 or time.perf_counter() - start < budget:
-            train_group(jobs, data, run_cfg, compile=compile)
-            runs += 1
-        if data.train.images.is_cuda:
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / runs
+        run = lambda: train_group(jobs, data, run_cfg, compile=compile)  # noqa: E731
+        run()
+        seconds = [_seconds(run, data)]
+        while sum(seconds) < budget:
+            seconds.append(_seconds(run, data))
+        return sum(seconds) / len(seconds)
 
     step_compile, eval_compile = compile_seconds(jobs, data, short, compile)
     small = timed(short, seconds)
